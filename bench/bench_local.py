@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Benchmark: local runs of hpsearch against plain shell tools (stdlib only).
+
+    python3 bench/bench_local.py
+
+Every run is ``bench/sleep_train.py`` (makes its out_dir, sleeps ``--sleep`` s, writes a
+``finished 1`` summary). The other side of each comparison runs the SAME commands: the lines of
+the search's ``commands.sh`` with the search folder replaced by a fresh folder (the script refuses
+an existing out_dir). Both sides are timed as a whole from outside (start of the process to its
+exit), side by side in the same run, 3 times, alternating which goes first; the median is shown.
+
+(a) 200 configs sleeping 0.2 s on 2 fake GPUs (tests/fake_bin/nvidia-smi, state file in
+    $FAKE_NVIDIA_SMI_STATE): ``hpsearch.py --visible_gpus=0,1 --max_num_jobs_per_gpu=2
+    --sim_startup_time=0 --allowed_memory=1 --allowed_load=1`` vs ``xargs -P 4 -L 1``.
+    Target: hpsearch wall <= 1.10x xargs wall.
+(b) 100 configs that exit at once, ``--visible_gpus=-1`` (one after another) vs ``sh FILE``
+    running the same commands one after another. Target: <= 1.10x.
+(c) Peak memory (ru_maxrss) of an hpsearch process with 10,000 configs queued
+    (``--visible_gpus=-1 --local_jobs=2``, runs that exit at once), stopped with SIGINT after
+    5 s: all 10,000 runs are planned, written and queued before the first starts, so the peak
+    is reached by then. Measured by a small parent interpreter as
+    ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it has waited for hpsearch (the runs, much
+    smaller, are included in that maximum); cross-checked once with ``/usr/bin/time -v`` when
+    present. Target: < 100 MB.
+
+Exit status 1 if a target is missed.
+"""
+
+import glob
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HPSEARCH = os.path.join(ROOT, "hpsearch.py")
+TRAIN = os.path.join(HERE, "sleep_train.py")
+FAKE_BIN = os.path.join(ROOT, "tests", "fake_bin")
+REPEATS = 3
+
+TARGET_RATIO = 1.10
+TARGET_MEMORY_MB = 100.0
+STOP_AFTER_S = 5.0
+
+CONFIG = """\
+grid = {"sleep": [%(sleep)r], "seed": list(range(%(n)d))}
+conditions = []
+_SCRIPT_NAME = %(script)r
+_SUMMARY_FILENAME = "performance_overview.txt"
+_SUMMARY_KEYWORDS = ["loss", "finished"]
+_PERFORMANCE_KEY = "loss"
+_PERFORMANCE_SORT_ASC = True
+"""
+
+
+def write_config(work, name, n, sleep):
+    path = os.path.join(work, name + ".py")
+    with open(path, "w") as f:
+        f.write(CONFIG % {"sleep": sleep, "n": n, "script": shlex.quote(TRAIN)})
+    return path
+
+
+def hpsearch_argv(config, work, out_dir, extra):
+    return [sys.executable, HPSEARCH, "--grid_module=" + config, "--run_cwd=" + work,
+            "--out_dir=" + out_dir, "--force_out_dir"] + extra
+
+
+def timed(argv, env=None, stdin=None, log=None):
+    """Wall seconds of a command, from outside; fails loudly on a non-zero exit."""
+    with open(log or os.devnull, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, env=env, stdin=stdin or subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = open(log).read()[-2000:] if log else ""
+        raise SystemExit("bench_local: %s exited %d\n%s" % (argv[0], proc.returncode, tail))
+    return elapsed
+
+
+def search_commands(search_dir):
+    """The command lines of a search's commands.sh, in order."""
+    with open(os.path.join(search_dir, "commands.sh")) as f:
+        return [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+
+
+def rewrite(commands, search_dir, new_dir):
+    """The same commands with the search folder replaced (so the out_dirs are fresh)."""
+    out = [c.replace(search_dir, new_dir) for c in commands]
+    assert all(new_dir in c for c in out)
+    return out
+
+
+def count_finished(folder):
+    return len(glob.glob(os.path.join(folder, "*", "performance_overview.txt")))
+
+
+def check_search(search_dir, n, log):
+    text = open(log).read()
+    if "done: %d finished" % n not in text or count_finished(search_dir) != n:
+        raise SystemExit("bench_local: the search in %s did not finish all %d runs:\n%s"
+                         % (search_dir, n, text[-2000:]))
+
+
+def compare(work, label, n, sleep, hp_flags, other_tool, env):
+    """Alternate hpsearch and the shell tool over the same commands; their wall times."""
+    config = write_config(work, label, n, sleep)
+    hp_times, other_times = [], []
+    commands = None
+    for rep in range(REPEATS):
+        order = ("hp", "other") if rep % 2 == 0 else ("other", "hp")
+        if commands is None:  # the shell side needs the commands of one search first
+            order = ("hp", "other")
+        for side in order:
+            if side == "hp":
+                search_dir = os.path.join(work, "%s_hp_%d" % (label, rep))
+                log = search_dir + ".log"
+                hp_times.append(timed(hpsearch_argv(config, work, search_dir, hp_flags),
+                                      env=env, log=log))
+                check_search(search_dir, n, log)
+                commands = (search_dir, search_commands(search_dir))
+            else:
+                plain_dir = os.path.join(work, "%s_plain_%d" % (label, rep))
+                lines = rewrite(commands[1], commands[0], plain_dir)
+                cmd_file = plain_dir + ".cmds"
+                with open(cmd_file, "w") as f:
+                    f.write("".join(line + "\n" for line in lines))
+                other_times.append(other_tool(cmd_file, env))
+                if count_finished(plain_dir) != n:
+                    raise SystemExit("bench_local: %s ran %d of %d commands"
+                                     % (label, count_finished(plain_dir), n))
+    return hp_times, other_times
+
+
+def run_xargs(cmd_file, env):
+    # -L 1: one command per line, executed without a shell, as hpsearch does. xargs has its own
+    # quoting rules, so the lines must not need any (checked here).
+    with open(cmd_file) as f:
+        text = f.read()
+    assert not re.search(r"[\"'\\]", text), "commands need quoting; xargs -L 1 would misread them"
+    with open(cmd_file) as stdin:
+        return timed(["xargs", "-P", "4", "-L", "1"], env=env, stdin=stdin)
+
+
+def run_sh(cmd_file, env):
+    return timed(["sh", cmd_file], env=env)
+
+
+WRAPPER = r"""
+import os, resource, signal, subprocess, sys, time
+proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+time.sleep(float(sys.argv[1]))
+proc.send_signal(signal.SIGINT)
+code = proc.wait()
+print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def journal_ended(search_dir):
+    ended = 0
+    with open(os.path.join(search_dir, "run_journal.jsonl")) as f:
+        for line in f:
+            if json.loads(line)["state"] != "running":
+                ended += 1
+    return ended
+
+
+def measure_memory(work, n, env):
+    """Peak RSS (MB) of hpsearch with ``n`` configs queued; also runs ended before the stop."""
+    config = write_config(work, "memory", n, 0)
+    figures = []
+    for rep in range(REPEATS):
+        search_dir = os.path.join(work, "memory_hp_%d" % rep)
+        argv = hpsearch_argv(config, work, search_dir, ["--visible_gpus=-1", "--local_jobs=2"])
+        out = subprocess.run([sys.executable, "-c", WRAPPER, str(STOP_AFTER_S)] + argv,
+                             env=env, stdout=subprocess.PIPE, universal_newlines=True).stdout
+        code, maxrss_kb = map(int, out.split())
+        if code != 130:
+            raise SystemExit("bench_local: the 10,000-config search exited %d, not 130 (stopped "
+                             "by SIGINT)" % code)
+        figures.append((maxrss_kb / 1024.0, journal_ended(search_dir)))
+    cross = None
+    gnu_time = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time")
+                                        else None)
+    if gnu_time:
+        search_dir = os.path.join(work, "memory_hp_time")
+        argv = [gnu_time, "-v"] + hpsearch_argv(config, work, search_dir,
+                                                ["--visible_gpus=-1", "--local_jobs=2"])
+        # GNU time ignores SIGINT while it waits: signal the whole group, hpsearch stops.
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                universal_newlines=True, start_new_session=True)
+        time.sleep(STOP_AFTER_S)
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate()[1]
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
+        if m:
+            cross = int(m.group(1)) / 1024.0
+    return figures, cross
+
+
+def environment():
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return "Python %s (%s) on %s; %s cores (%s usable)" % (
+        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable)
+
+
+def main():
+    print("bench_local: " + environment())
+    print("timings: median of %d, hpsearch and the shell tool alternating\n" % REPEATS)
+    work = tempfile.mkdtemp(prefix="hpsearch_bench_")
+    try:
+        env = dict(os.environ)
+        env["PATH"] = FAKE_BIN + os.pathsep + env.get("PATH", "")
+        state = os.path.join(work, "gpus.json")
+        with open(state, "w") as f:
+            json.dump({"gpus": [{"index": i, "uuid": "GPU-bench-%d" % i, "name": "Fake GPU",
+                                 "memory_total": 16384, "memory_used": 0, "utilization": 0}
+                                for i in range(2)]}, f)
+        env["FAKE_NVIDIA_SMI_STATE"] = state
+        env.pop("FAKE_NVIDIA_SMI_LOG", None)
+
+        a_hp, a_x = compare(work, "gpu", 200, 0.2, [
+            "--visible_gpus=0,1", "--max_num_jobs_per_gpu=2", "--sim_startup_time=0",
+            "--allowed_memory=1", "--allowed_load=1"], run_xargs, env)
+        b_hp, b_sh = compare(work, "seq", 100, 0, ["--visible_gpus=-1"], run_sh, env)
+        mem, cross = measure_memory(work, 10000, env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = statistics.median
+    ratio_a, ratio_b = med(a_hp) / med(a_x), med(b_hp) / med(b_sh)
+    peak = max(m for m, _ in mem)
+    fmt = lambda ts: " ".join("%.2f" % t for t in ts)
+    print("%-52s %10s %10s %7s   %s" % ("case", "hpsearch s", "plain s", "ratio", "all runs"))
+    print("-" * 100)
+    print("%-52s %10.2f %10.2f %7.3f   hp %s | xargs %s" % (
+        "(a) 200 x 0.2 s, 2 GPUs x 2 vs xargs -P 4", med(a_hp), med(a_x), ratio_a, fmt(a_hp),
+        fmt(a_x)))
+    print("%-52s %10.2f %10.2f %7.3f   hp %s | sh %s" % (
+        "(b) 100 x exit at once, sequential vs sh loop", med(b_hp), med(b_sh), ratio_b,
+        fmt(b_hp), fmt(b_sh)))
+    print("(a) ideal: 200 x 0.2 s / 4 = 10.0 s; per-run overhead over ideal: hpsearch %.1f ms, "
+          "xargs %.1f ms" % ((med(a_hp) - 10.0) / 50 * 1000, (med(a_x) - 10.0) / 50 * 1000))
+    print("(b) per run: hpsearch %.1f ms, sh %.1f ms" % (med(b_hp) / 100 * 1000,
+                                                         med(b_sh) / 100 * 1000))
+    print("")
+    print("(c) 10,000 configs queued, --local_jobs=2, SIGINT after %.0f s:" % STOP_AFTER_S)
+    for i, (m, ended) in enumerate(mem):
+        print("    run %d: peak RSS %.1f MB (runs ended before the stop: %d)" % (i + 1, m, ended))
+    if cross is not None:
+        print("    /usr/bin/time -v: maximum resident set size %.1f MB" % cross)
+    print("")
+    checks = [
+        ("(a) hpsearch <= %.2fx xargs -P 4" % TARGET_RATIO, ratio_a <= TARGET_RATIO,
+         "%.3fx" % ratio_a),
+        ("(b) hpsearch <= %.2fx sh loop" % TARGET_RATIO, ratio_b <= TARGET_RATIO,
+         "%.3fx" % ratio_b),
+        ("(c) peak RSS with 10,000 queued < %.0f MB" % TARGET_MEMORY_MB,
+         peak < TARGET_MEMORY_MB, "%.1f MB" % peak),
+    ]
+    failed = 0
+    for name, ok, figure in checks:
+        print("%s: %s (%s)" % ("PASS" if ok else "FAIL", name, figure))
+        failed += not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
