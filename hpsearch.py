@@ -607,7 +607,7 @@ class Run(object):
     """
 
     __slots__ = ("index", "name", "args", "argv", "out_dir", "state", "exit_code", "reason",
-                 "summary", "started", "ended", "attempt", "process", "job_id", "timed_out")
+                 "summary", "started", "ended", "attempt", "process", "job_id", "killed")
 
     def __init__(self, index, name, args, argv, out_dir):
         self.index = index        # 0-based position in the run order
@@ -624,7 +624,7 @@ class Run(object):
         self.attempt = 1
         self.process = None
         self.job_id = None        # the process id locally, the scheduler's job id on a cluster
-        self.timed_out = False
+        self.killed = False
 
     def shell_command(self):
         """The command as one line a POSIX shell runs identically."""
@@ -791,6 +791,10 @@ RECORD_FILE = "search_record.json"
 JOURNAL_FILE = "run_journal.jsonl"
 RESULTS_FILE = "search_results.csv"
 JOBS_DIR = "jobs"
+# A run's files in jobs/ while it goes, and their names in its folder afterwards.
+JOB_FILES = collections.OrderedDict([
+    (".sh", "hpsearch_command.sh"), (".out", "job_<run>.out"), (".err", "job_<run>.err"),
+    (".scheduler.log", "hpsearch_scheduler.log"), (".exit", "hpsearch_exit_status")])
 
 
 def create_search_dir(out_dir, force_out_dir, allow_existing):
@@ -860,6 +864,7 @@ class SearchFolder(object):
             "performance_key": config.performance_key,
             "performance_sort_asc": config.performance_sort_asc,
             "arg_keys": list(arg_keys),
+            "scheduler": args.scheduler if args.run_cluster else None,
             "runs": [{"index": r.index, "name": r.name, "out_dir": r.out_dir,
                       "args": json_safe(r.args), "argv": r.argv} for r in runs],
         }
@@ -908,7 +913,7 @@ class SearchFolder(object):
         tag = "_attempt%d" % run.attempt
         if os.path.lexists(run.out_dir):
             _rename_free(run.out_dir, run.out_dir + tag)
-        for suffix in (".sh", ".out", ".err"):
+        for suffix in JOB_FILES:
             src = self.job_file(run, suffix)
             if os.path.exists(src):
                 _rename_free(src, os.path.join(self.jobs, run.name + tag + suffix))
@@ -917,10 +922,9 @@ class SearchFolder(object):
         """Move a run's command and logs into its folder, if the script made one."""
         if not os.path.isdir(run.out_dir):
             return
-        targets = {".sh": "hpsearch_command.sh", ".out": "job_%s.out" % run.name,
-                   ".err": "job_%s.err" % run.name}
-        for suffix, name in targets.items():
-            src, dst = self.job_file(run, suffix), os.path.join(run.out_dir, name)
+        for suffix, name in JOB_FILES.items():
+            src = self.job_file(run, suffix)
+            dst = os.path.join(run.out_dir, name.replace("<run>", run.name))
             if os.path.exists(src):
                 if os.path.exists(dst):
                     move_aside(dst)
@@ -1075,6 +1079,9 @@ class Backend(object):
     def describe(self):
         return ""
 
+    def flush(self):
+        """Hand over runs started since the last call (a job array submits them together)."""
+
 
 class CpuSlots(object):
     """Up to ``n`` runs at once, no GPU assignment."""
@@ -1129,13 +1136,17 @@ class GpuSlots(object):
     def _refresh(self):
         if now() - self.snapshot_time < self.poll:
             return
-        seen = {g.index: g for g in self.query()}
+        self.snapshot_time = now()
+        try:
+            seen = {g.index: g for g in self.query()}
+            if self.hold:
+                self._release_holds_of_started_processes()
+        except GpuError as exc:  # a driver hiccup mid-search: keep the last view, ask later
+            warn("%s; trying again in %gs" % (exc, self.poll))
+            return
         for i in self.order:
             if i in seen:
                 self.gpus[i] = seen[i]
-        self.snapshot_time = now()
-        if self.hold:
-            self._release_holds_of_started_processes()
 
     def _release_holds_of_started_processes(self):
         apps = self.query_apps()
@@ -1302,8 +1313,8 @@ class LocalBackend(Backend):
             if now() < deadline:
                 continue
             run = self.active[name][0]
-            if not run.timed_out:
-                run.timed_out = True
+            if not run.killed:
+                run.killed = True
                 run.reason = "ran longer than --run_timeout=%gs" % self.run_timeout
                 signal_group(run.job_id, signal.SIGTERM)
                 self.deadlines[name] = now() + self.TIMEOUT_GRACE
@@ -1340,11 +1351,442 @@ class LocalBackend(Backend):
         return len(self.active)
 
 
-def write_command_file(path, run, cwd, env):
-    lines = ["#!/bin/sh", "cd %s" % shlex.quote(cwd)]
-    lines += ["export %s=%s" % (k, shlex.quote(v)) for k, v in sorted(env.items())
-              if not k.startswith("_")]
-    atomic_write_text(path, "\n".join(lines + [run.shell_command()]) + "\n")
+def write_command_file(path, run, cwd, env, job_files=None):
+    """The run as a shell script. For a cluster job (``job_files``: paths for ``.out``,
+    ``.err``, ``.exit``) it also keeps the output and records the exit status when it ends."""
+    q = shlex.quote
+    lines = ["#!/bin/sh"]
+    lines += ["export %s=%s" % (k, q(v)) for k, v in sorted(env.items()) if not k.startswith("_")]
+    if not job_files:
+        lines += ["cd %s" % q(cwd), run.shell_command()]
+    else:
+        exit_file = job_files[".exit"]
+        lines += ["cd %s && %s < /dev/null > %s 2> %s" % (
+                      q(cwd), run.shell_command(), q(job_files[".out"]), q(job_files[".err"])),
+                  "status=$?",
+                  "echo \"$status\" > %s && mv -f %s %s" % (
+                      q(exit_file + ".tmp"), q(exit_file + ".tmp"), q(exit_file)),
+                  "exit \"$status\""]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cluster backends: Slurm and LSF
+# ----------------------------------------------------------------------------------------------
+#
+# Each run is a job whose script (jobs/<run>.sh, in the search folder) runs the command with its
+# output in jobs/<run>.out/.err and writes the exit status to jobs/<run>.exit when it ends. A
+# run has ended when that file appears (checked on every tick, no scheduler call) or when the
+# queue no longer lists the job (asked in ONE call for all our jobs every --poll_interval); a
+# job that leaves the queue without an exit file was killed, and the queue's reason is kept.
+
+
+class SchedulerError(Exception):
+    """A scheduler command failed or said something we cannot read."""
+
+
+JOB_ACTIVE, JOB_ENDED = "active", "ended"
+
+
+def run_scheduler(argv, env=None, timeout=120):
+    """Run a scheduler command; ``(returncode, stdout, stderr)``. SchedulerError if it cannot
+    be run at all."""
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=env, timeout=timeout,
+                              universal_newlines=True)
+    except OSError as exc:
+        raise SchedulerError("cannot run %s: %s" % (argv[0], exc.strerror))
+    except subprocess.TimeoutExpired:
+        raise SchedulerError("%s did not answer within %d s" % (argv[0], timeout))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _first_line(text):
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[0].strip() if lines else ""
+
+
+class Scheduler(object):
+    """What differs between schedulers: how to submit, ask the queue, cancel. Subclasses only
+    build command lines and parse answers; ClusterBackend does the rest."""
+
+    name = ""
+    submit_tool = ""
+    max_array = 1000
+    # The launcher's own job settings that must not leak into the jobs it submits.
+    job_env_prefixes = ()
+    job_env_keep = ()
+
+    def __init__(self, args):
+        self.args = args
+        self.extra = shlex.split(args.scheduler_args)
+
+    def clean_env(self):
+        env = dict(os.environ)
+        for key in list(env):
+            if key.startswith(self.job_env_prefixes) and key not in self.job_env_keep:
+                del env[key]
+        return env
+
+    def submit_argv(self, script, name, log, array=None):
+        """Command line submitting ``script``; ``array``: (size, throttle) for a job array."""
+        raise NotImplementedError
+
+    def parse_submit(self, stdout):
+        """The job id in the submit command's output; ValueError if there is none."""
+        raise NotImplementedError
+
+    def task_ids(self, array_id, size):
+        """Job ids of the tasks of an array, in order."""
+        raise NotImplementedError
+
+    task_variable = ""   # environment variable holding an array task's index in the job
+    task_pattern = ""    # placeholder for that index in an output file name
+    first_task = 0
+
+    def query_argv(self, job_ids):
+        raise NotImplementedError
+
+    def parse_query(self, returncode, stdout, stderr):
+        """``{job_id: (JOB_ACTIVE or JOB_ENDED, detail)}`` for the jobs the queue lists;
+        SchedulerError when the answer cannot be trusted."""
+        raise NotImplementedError
+
+    def cancel_argv(self, job_ids):
+        raise NotImplementedError
+
+
+class Slurm(Scheduler):
+    name = "slurm"
+    submit_tool = "sbatch"
+    max_array = 1000   # MaxArraySize defaults to 1001: indices 0..1000
+    job_env_prefixes = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+    job_env_keep = ("SLURM_CONF",)
+    task_variable = "SLURM_ARRAY_TASK_ID"
+    task_pattern = "%a"
+    first_task = 0
+    ACTIVE_STATES = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED",
+                     "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING",
+                     "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+
+    def submit_argv(self, script, name, log, array=None):
+        a = self.args
+        argv = ["sbatch", "--parsable", "--job-name=%s" % name, "--output=%s" % log,
+                "--time=%d:00:00" % a.num_hours]
+        for flag, value in (("--mem", a.slurm_mem), ("--gres", a.slurm_gres),
+                            ("--partition", a.slurm_partition), ("--qos", a.slurm_qos),
+                            ("--constraint", a.slurm_constraint)):
+            if value:
+                argv.append("%s=%s" % (flag, value))
+        if array:
+            argv.append("--array=0-%d%%%d" % (array[0] - 1, array[1]))
+        return argv + self.extra + [script]
+
+    def parse_submit(self, stdout):
+        first = _first_line(stdout).split(";")[0]  # --parsable: "id" or "id;cluster"
+        if not first.isdigit():
+            raise ValueError("sbatch printed %r instead of a job id" % _first_line(stdout))
+        return first
+
+    def task_ids(self, array_id, size):
+        return ["%s_%d" % (array_id, i) for i in range(size)]
+
+    def query_argv(self, job_ids):
+        arrays = sorted({j.split("_")[0] for j in job_ids})
+        return ["squeue", "--noheader", "--array", "--states=all",
+                "--jobs=" + ",".join(arrays), "--format=%i|%T|%r"]
+
+    def parse_query(self, returncode, stdout, stderr):
+        if returncode != 0:
+            if "Invalid job id" in stderr:  # every id asked for has been purged already
+                return {}
+            raise SchedulerError("squeue failed (exit %d): %s" % (returncode,
+                                                                  _first_line(stderr)))
+        jobs = {}
+        for line in stdout.splitlines():
+            if not line.strip():
+                continue
+            parts = line.strip().split("|")
+            if len(parts) != 3 or not parts[0][:1].isdigit():
+                raise SchedulerError("cannot read squeue's line %r" % line)
+            job_id, state, reason = parts
+            if "[" in job_id:   # pending tasks of an array still folded: all active
+                continue
+            state = state.split()[0]
+            ended = state not in self.ACTIVE_STATES
+            jobs[job_id] = (JOB_ENDED if ended else JOB_ACTIVE,
+                            "%s (%s)" % (state, reason) if reason not in ("", "None") else state)
+        return jobs
+
+    def cancel_argv(self, job_ids):
+        return ["scancel"] + sorted({j.split("_")[0] for j in job_ids})
+
+
+class Lsf(Scheduler):
+    name = "lsf"
+    submit_tool = "bsub"
+    max_array = 1000   # MAX_JOB_ARRAY_SIZE defaults to 1000
+    job_env_prefixes = ("LSB_",)
+    task_variable = "LSB_JOBINDEX"
+    task_pattern = "%I"
+    first_task = 1
+    ACTIVE_STATES = {"PEND", "RUN", "PSUSP", "USUSP", "SSUSP", "WAIT", "PROV", "UNKWN",
+                     "ZOMBI"}
+
+    def submit_argv(self, script, name, log, array=None):
+        a = self.args
+        job_name = name if not array else "%s[1-%d]%%%d" % (name, array[0], array[1])
+        argv = ["bsub", "-J", job_name, "-o", log, "-e", log, "-n", "1",
+                "-W", "%d:00" % a.num_hours]
+        resources = strip_shell_quotes(a.resources)
+        if resources:
+            argv += ["-R", resources]
+        return argv + self.extra + ["/bin/sh", script]
+
+    def parse_submit(self, stdout):
+        for line in stdout.splitlines():  # Job <123> is submitted to default queue <normal>.
+            if line.startswith("Job <") and "> is submitted" in line:
+                job_id = line[len("Job <"):line.index(">")]
+                if job_id.isdigit():
+                    return job_id
+        raise ValueError("bsub printed %r instead of 'Job <id> is submitted ...'"
+                         % _first_line(stdout))
+
+    def task_ids(self, array_id, size):
+        return ["%s[%d]" % (array_id, i) for i in range(1, size + 1)]
+
+    def query_argv(self, job_ids):
+        arrays = sorted({j.split("[")[0] for j in job_ids})
+        return ["bjobs", "-a", "-noheader", "-o",
+                "jobid jobindex stat exit_code exit_reason delimiter='|'"] + arrays
+
+    def parse_query(self, returncode, stdout, stderr):
+        not_found = [l for l in stderr.splitlines() if l.strip().endswith("is not found")]
+        other_errors = [l for l in stderr.splitlines() if l.strip() and l not in not_found]
+        if returncode != 0 and (other_errors or not not_found):
+            raise SchedulerError("bjobs failed (exit %d): %s" % (returncode,
+                                                                 _first_line(stderr)))
+        jobs = {}
+        for line in stdout.splitlines():
+            if not line.strip():
+                continue
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) != 5 or not parts[0].isdigit():
+                raise SchedulerError("cannot read bjobs' line %r" % line)
+            job_id, index, state, code, reason = parts
+            if index not in ("", "0", "-"):
+                job_id = "%s[%s]" % (job_id, index)
+            detail = state if reason in ("", "-") else "%s (%s)" % (state, reason)
+            if code not in ("", "-"):
+                detail += ", exit code %s" % code
+            jobs[job_id] = (JOB_ACTIVE if state in self.ACTIVE_STATES else JOB_ENDED, detail)
+        return jobs
+
+    def cancel_argv(self, job_ids):
+        return ["bkill"] + sorted({j.split("[")[0] for j in job_ids})
+
+
+SCHEDULERS = {"slurm": Slurm, "lsf": Lsf}
+
+
+def strip_shell_quotes(text):
+    """``'"rusage[mem=8000]"'`` -> ``rusage[mem=8000]``: values once written for a shell."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+class ClusterBackend(Backend):
+    """Runs as jobs on a scheduler: throttled to ``--num_jobs`` queued or running (or left to
+    the scheduler's array throttle with ``--array``), polled in one call per cycle."""
+
+    SUBMIT_TRIES = 4
+
+    def __init__(self, scheduler, folder, cwd, num_jobs, poll_interval, use_array=False,
+                 detach=False):
+        self.scheduler = scheduler
+        self.folder = folder
+        self.cwd = cwd
+        self.num_jobs = num_jobs
+        self.poll_interval = poll_interval
+        self.use_array = use_array
+        self.detach = detach
+        self.active = {}          # job id -> run
+        self.to_submit = []       # runs waiting for the next array submission
+        self.ended = []
+        self.vanished = {}        # job id -> polls seen gone without an exit file
+        self.next_poll = now() + poll_interval
+        self.queries = 0
+        self.submissions = 0
+        self.env = scheduler.clean_env()
+
+    def describe(self):
+        return "%s jobs, at most %d at once%s" % (
+            self.scheduler.name, self.num_jobs, ", as job arrays" if self.use_array else "")
+
+    def running(self):
+        return len(self.active) + len(self.to_submit)
+
+    def slot(self):
+        if self.use_array or len(self.active) + len(self.to_submit) < self.num_jobs:
+            return {}
+        return None
+
+    def recheck_in(self):
+        return None
+
+    def _write_script(self, run):
+        files = {s: self.folder.job_file(run, s) for s in (".out", ".err", ".exit")}
+        write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, {}, files)
+
+    def start(self, run, token):
+        self._write_script(run)
+        if self.use_array:
+            self.to_submit.append(run)
+            return
+        log = self.folder.job_file(run, ".scheduler.log")
+        argv = self.scheduler.submit_argv(self.folder.job_file(run, ".sh"), run.name, log)
+        job_id = self._submit(argv, [run])
+        if job_id is not None:
+            self._track(run, job_id)
+
+    def flush(self):
+        """Submit the runs gathered for a job array (one submission per chunk)."""
+        runs, self.to_submit = self.to_submit, []
+        for first in range(0, len(runs), self.scheduler.max_array):
+            chunk = runs[first:first + self.scheduler.max_array]
+            table = os.path.join(self.folder.jobs, "%s.array" % chunk[0].name)
+            atomic_write_text(table, "".join(r.name + "\n" for r in chunk))
+            script = os.path.join(self.folder.jobs, "%s.array.sh" % chunk[0].name)
+            atomic_write_text(script, array_script(self.scheduler, table, self.folder.jobs))
+            log = os.path.join(self.folder.jobs, "%s.array_task%s.scheduler.log"
+                               % (chunk[0].name, self.scheduler.task_pattern))
+            argv = self.scheduler.submit_argv(script, chunk[0].name, log,
+                                              array=(len(chunk), self.num_jobs))
+            array_id = self._submit(argv, chunk)
+            if array_id is not None:
+                for run, job_id in zip(chunk, self.scheduler.task_ids(array_id, len(chunk))):
+                    self._track(run, job_id)
+
+    def _submit(self, argv, runs):
+        """Submit with back-off; on a final failure the runs end as failed. The job id or
+        None."""
+        delay, problem = 1.0, ""
+        for attempt in range(self.SUBMIT_TRIES):
+            self.submissions += 1
+            try:
+                code, out, err = run_scheduler(argv, env=self.env)
+                if code == 0:
+                    return self.scheduler.parse_submit(out)
+                problem = "%s exit %d: %s" % (argv[0], code, _first_line(err or out))
+            except (SchedulerError, ValueError) as exc:
+                problem = str(exc)
+            if attempt + 1 < self.SUBMIT_TRIES:
+                warn("submitting %s failed (%s); trying again in %gs"
+                     % (runs[0].name, problem, delay))
+                time.sleep(delay)
+                delay *= 2
+        for run in runs:
+            run.exit_code, run.reason = None, "submission failed: %s" % problem
+            self.ended.append(run)
+        return None
+
+    def _track(self, run, job_id):
+        run.job_id = job_id
+        self.active[job_id] = run
+
+    def attach(self, run, job_id):
+        """Follow a job submitted by an earlier launcher (--resume)."""
+        run.state = RUNNING
+        self._track(run, job_id)
+
+    def _exit_status(self, run):
+        try:
+            with open(self.folder.job_file(run, ".exit")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _collect_exit_files(self):
+        for job_id, run in list(self.active.items()):
+            code = self._exit_status(run)
+            if code is not None:
+                run.exit_code = code
+                self._end(job_id)
+
+    def _end(self, job_id):
+        self.vanished.pop(job_id, None)
+        self.ended.append(self.active.pop(job_id))
+
+    def poll(self):
+        """Ask the queue once about all our jobs; a job gone from it without an exit status
+        (after one more cycle for slow file systems) was killed."""
+        self.next_poll = now() + self.poll_interval
+        ids = list(self.active)
+        if not ids:
+            return
+        self.queries += 1
+        try:
+            code, out, err = run_scheduler(self.scheduler.query_argv(ids))
+            listed = self.scheduler.parse_query(code, out, err)
+        except SchedulerError as exc:  # never take a failed query for an answer
+            warn("%s; asking again in %gs" % (exc, self.poll_interval))
+            return
+        for job_id in ids:
+            state, detail = listed.get(job_id, (JOB_ENDED, "no longer listed by the scheduler"))
+            if state == JOB_ACTIVE:
+                self.vanished.pop(job_id, None)
+                continue
+            self.vanished[job_id] = self.vanished.get(job_id, 0) + 1
+            if self.vanished[job_id] >= 2:
+                run = self.active[job_id]
+                run.exit_code, run.reason = None, "killed by the scheduler: %s" % detail
+                self._end(job_id)
+
+    def wait(self, timeout):
+        if not self.ended:
+            self._collect_exit_files()
+        if not self.ended:
+            if now() >= self.next_poll:
+                self.poll()
+                self._collect_exit_files()
+            elif timeout:
+                time.sleep(min(timeout, max(0.0, self.next_poll - now())))
+        ended, self.ended = self.ended, []
+        return ended
+
+    def stop(self, grace, hurry=lambda: False):
+        """Cancel every queued or running job in one call, or leave them (--detach)."""
+        jobs = list(self.active)
+        self.to_submit = []
+        if self.detach:
+            print("hpsearch: --detach: %d job(s) left to the scheduler" % len(jobs))
+            self.active = {}
+            return
+        if jobs:
+            code, _, err = run_scheduler(self.scheduler.cancel_argv(jobs), env=self.env)
+            print("hpsearch: cancelled %d job(s) with %s%s" % (
+                len(jobs), self.scheduler.cancel_argv([])[0],
+                "" if code == 0 else " (it said: %s)" % _first_line(err)))
+        for job_id in jobs:
+            run = self.active[job_id]
+            run.exit_code = self._exit_status(run)
+            if run.exit_code is None:
+                run.reason = "killed: cancelled by hpsearch"
+            self._end(job_id)
+
+
+def array_script(scheduler, table, jobs_dir):
+    """A job array's script: task i runs the i-th run's own job script."""
+    return "\n".join([
+        "#!/bin/sh",
+        "# hpsearch job array: task i runs line i of %s" % os.path.basename(table),
+        "line=$((${%s} - %d + 1))" % (scheduler.task_variable, scheduler.first_task),
+        "name=$(sed -n \"${line}p\" %s)" % shlex.quote(table),
+        "exec /bin/sh %s/\"$name\".sh" % shlex.quote(jobs_dir),
+    ]) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1455,11 +1897,16 @@ class Search(object):
         """Run everything; False if a stop signal cut the search short."""
         pending = self.pending
         while (pending or self.backend.running()) and not self.signals:
+            started = []
             while pending:
                 token = self.backend.slot()
                 if token is None:
                     break
-                self._start(pending.popleft(), token)
+                started.append(self._start(pending.popleft(), token))
+            self.backend.flush()
+            for run in started:  # job ids are known now (an array gets them on flush)
+                self.folder.log_state(run, job_id=run.job_id, job_start=process_start_time(
+                    run.job_id) if isinstance(run.job_id, int) else None)
             timeout = self.backend.recheck_in()
             timeout = self.SIGNAL_CHECK if timeout is None else min(timeout, self.SIGNAL_CHECK)
             for run in self.backend.wait(timeout):
@@ -1477,26 +1924,29 @@ class Search(object):
             print("hpsearch: %s: stopping %d running run(s); press Ctrl-C again to kill them "
                   "at once" % (self.signals.name, self.backend.running()))
         self.backend.stop(grace=5.0, hurry=lambda: self.signals.count > 1)
-        while self.backend.running():
+        while True:
             for run in self.backend.wait(self.SIGNAL_CHECK):
                 run.reason = run.reason or "stopped by hpsearch"
                 self._finish(run)
+            if not self.backend.running():
+                break
 
     def _start(self, run, token):
         run.state, run.started = RUNNING, time.time()
-        run.exit_code, run.reason, run.timed_out = None, "", False
+        run.exit_code, run.reason, run.killed = None, "", False
         gpu = token.get("CUDA_VISIBLE_DEVICES")
         self.progress.log("started %s (run %d/%d%s%s)" % (
             run.name, run.index + 1, len(self.runs), ", GPU %s" % token["_gpu"] if gpu else "",
             ", attempt %d" % run.attempt if run.attempt > 1 else ""))
         self.backend.start(run, token)
-        self.folder.log_state(run, job_id=run.job_id,
-                              job_start=process_start_time(run.job_id) if run.job_id else None)
+        return run
 
     def _finish(self, run):
         run.ended = time.time()
         run.summary = collect_summary(self.config, run) if os.path.isdir(run.out_dir) else None
-        if run.timed_out:
+        if run.killed:
+            run.state = KILLED
+        elif run.exit_code is None and run.reason.startswith("killed"):
             run.state = KILLED
         elif run.exit_code == 0:
             run.state = FINISHED if is_finished(run.summary) else UNFINISHED
@@ -1616,6 +2066,18 @@ def build_parser():
                     help="At most N of our jobs queued or running at once.")
     cl.add_argument("--num_hours", type=int, default=24, metavar="N",
                     help="Wall-time limit of each job, in hours.")
+    cl.add_argument("--array", action="store_true",
+                    help="Submit the runs as job arrays (throttled to --num_jobs at once by "
+                         "the scheduler) instead of one job each.")
+    cl.add_argument("--poll_interval", type=float, default=30, metavar="SECONDS",
+                    help="How often the queue is asked (one call for all our jobs). A job's "
+                         "end is noticed sooner through the exit status it writes.")
+    cl.add_argument("--scheduler_args", type=str, default="", metavar="ARGS",
+                    help="Further options for sbatch/bsub, as one string ('--account=x "
+                         "--nice=10').")
+    cl.add_argument("--detach", action="store_true",
+                    help="On Ctrl-C or SIGTERM leave queued and running jobs to the scheduler "
+                         "(re-attach with --resume) instead of cancelling them.")
     sl = p.add_argument_group("Slurm")
     sl.add_argument("--slurm_mem", type=str, default="8G", help="sbatch --mem ('' leaves it out).")
     sl.add_argument("--slurm_gres", type=str, default="gpu:1",
@@ -1632,13 +2094,13 @@ def build_parser():
     return p
 
 
-SCHEDULERS = ("lsf", "slurm")
-
-
 def check_flags(args):
     if args.scheduler not in SCHEDULERS:
         raise UsageError("--scheduler=%s is unknown; use one of: %s"
-                         % (args.scheduler, ", ".join(SCHEDULERS)))
+                         % (args.scheduler, ", ".join(sorted(SCHEDULERS))))
+    if args.num_jobs < 1 or args.num_hours < 1 or args.poll_interval <= 0:
+        raise UsageError("--num_jobs and --num_hours must be at least 1, --poll_interval "
+                         "positive")
     if not args.grid_module and not args.resume:
         raise UsageError("--grid_module is required: the config module or .py file of your "
                          "search (start from hpsearch_config_template.py)")
@@ -1719,14 +2181,18 @@ def main(argv=None):
     except UsageError as exc:
         sys.stderr.write("hpsearch: error: %s\n" % exc)
         return 2
+    except OSError as exc:  # an unwritable --out_dir, a full disk: say which file
+        sys.stderr.write("hpsearch: error: %s: %s (check the path and its permissions)\n"
+                         % (exc.strerror or exc, exc.filename or ""))
+        return 2
+    except KeyboardInterrupt:  # before the runs started: nothing to stop
+        sys.stderr.write("hpsearch: interrupted\n")
+        return 130
 
 
 def _main(argv):
     args = build_parser().parse_args(argv)
     check_flags(args)
-    if args.run_cluster:
-        raise UsageError("--run_cluster: the %s backend is not available in this version; run "
-                         "locally (drop --run_cluster)" % args.scheduler)
     if args.resume:
         return run_search(args, *resume_search(args))
     prepared = new_search(args)
@@ -1748,7 +2214,7 @@ def new_search(args):
             print(" ".join(shlex.quote(a) for a in prefix + space.arguments(c)))
         print("%d commands" % len(configs))
         return None
-    slots = choose_slots(args)  # before anything is written: a GPU problem stops us here
+    slots = choose_place(args)  # before anything is written: a GPU problem stops us here
     folder_path, stamp = create_search_dir(resolve_out_dir(args), args.force_out_dir,
                                            args.dont_force_new_dir)
     folder = SearchFolder(folder_path)
@@ -1781,10 +2247,16 @@ def resume_search(args):
     config = build_config(module, source, {}, run_cwd)
     runs = [Run(r["index"], r["name"], r.get("args", {}), r["argv"], r["out_dir"])
             for r in record["runs"]]
-    slots = choose_slots(args)
+    if record.get("scheduler") and not args.run_cluster:  # a cluster search stays one
+        args.run_cluster, args.scheduler = True, record["scheduler"]
+    slots = choose_place(args)
     journal = folder.read_journal()
-    stop_leftover_processes(runs, journal)
-    kept = restore_states(config, folder, runs, journal)
+    if args.run_cluster:
+        attached = jobs_to_reattach(runs, journal, folder)
+    else:
+        attached = {}
+        stop_leftover_processes(runs, journal)
+    kept = restore_states(config, folder, runs, journal, attached)
     results = ResultsTable(folder.results, record.get("arg_keys") or [],
                            config.summary_keywords, config.out_arg)
     results.create(kept)
@@ -1816,13 +2288,30 @@ def stop_leftover_processes(runs, journal):
         terminate_groups(leftovers, grace=5.0)
 
 
-def restore_states(config, folder, runs, journal):
-    """Mark runs whose summary says 'finished 1' as finished (kept); set the rest up to run
-    again, renaming what their earlier attempt left. Returns the kept runs."""
+def jobs_to_reattach(runs, journal, folder):
+    """``{run name: job id}`` of cluster jobs an earlier launcher left queued or running
+    (journal says running, no exit status written yet)."""
+    attached = {}
+    for run in runs:
+        entries = journal.get(run.name)
+        last = entries[-1] if entries else None
+        if (last and last.get("state") == RUNNING and last.get("job_id")
+                and not os.path.exists(folder.job_file(run, ".exit"))):
+            attached[run.name] = str(last["job_id"])
+    return attached
+
+
+def restore_states(config, folder, runs, journal, attached):
+    """Mark runs whose summary says 'finished 1' as finished (kept) and cluster jobs still
+    going as running; set the rest up to run again, renaming what their earlier attempt
+    left. Returns the kept runs."""
     kept = []
     for run in runs:
         entries = journal.get(run.name) or []
         run.attempt = max([e.get("attempt", 1) for e in entries] or [0])
+        if run.name in attached:
+            run.state, run.job_id = RUNNING, attached[run.name]
+            continue
         run.summary = collect_summary(config, run) if os.path.isdir(run.out_dir) else None
         if is_finished(run.summary):
             run.state = FINISHED
@@ -1838,9 +2327,31 @@ def restore_states(config, folder, runs, journal):
     return kept
 
 
-def run_search(args, config, folder, runs, results, slots, run_cwd):
-    """Run the search's pending runs locally and report; the exit status."""
-    backend = LocalBackend(slots, folder, run_cwd, run_timeout=args.run_timeout or None)
+def choose_place(args):
+    """Where runs go: the scheduler for --run_cluster (its tool must exist), else the local
+    slot policy from --visible_gpus / --local_jobs."""
+    if not args.run_cluster:
+        return choose_slots(args)
+    scheduler = SCHEDULERS[args.scheduler](args)
+    if shutil.which(scheduler.submit_tool) is None:
+        raise UsageError("--scheduler=%s: %s was not found on PATH (run hpsearch on a node "
+                         "of the cluster where it is)" % (args.scheduler, scheduler.submit_tool))
+    return scheduler
+
+
+def make_backend(args, place, folder, run_cwd):
+    if isinstance(place, Scheduler):
+        return ClusterBackend(place, folder, run_cwd, args.num_jobs, args.poll_interval,
+                              use_array=args.array, detach=args.detach)
+    return LocalBackend(place, folder, run_cwd, run_timeout=args.run_timeout or None)
+
+
+def run_search(args, config, folder, runs, results, place, run_cwd):
+    """Run the search's pending runs and report; the exit status."""
+    backend = make_backend(args, place, folder, run_cwd)
+    for run in runs:
+        if run.state == RUNNING:  # a cluster job an earlier launcher submitted
+            backend.attach(run, run.job_id)
     progress = Progress(len(runs))
     progress.counts[FINISHED] = sum(1 for r in runs if r.state == FINISHED)
     print("hpsearch: %d runs in %s (%s)" % (len(runs), folder.path, backend.describe()))
