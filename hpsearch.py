@@ -855,7 +855,7 @@ class SearchFolder(object):
             "format": "hpsearch-record-1",
             "hpsearch_version": __version__,
             "created": datetime.datetime.now().isoformat(),
-            "argv": sys.argv,
+            "argv": [sys.argv[0]] + args.given_argv,
             "config_file": config.source,
             "run_cwd": os.path.abspath(args.run_cwd),
             "out_arg": config.out_arg,
@@ -2192,6 +2192,7 @@ def main(argv=None):
 
 def _main(argv):
     args = build_parser().parse_args(argv)
+    args.given_argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)
     if args.resume:
         return run_search(args, *resume_search(args))

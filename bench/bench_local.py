@@ -11,7 +11,8 @@ exit), side by side in the same run, 3 times, alternating which goes first; the 
 
 (a) 200 configs sleeping 0.2 s on 2 fake GPUs (tests/fake_bin/nvidia-smi, state file in
     $FAKE_NVIDIA_SMI_STATE): ``hpsearch.py --visible_gpus=0,1 --max_num_jobs_per_gpu=2
-    --sim_startup_time=0 --allowed_memory=1 --allowed_load=1`` vs ``xargs -P 4 -L 1``.
+    --sim_startup_time=0 --allowed_memory=1 --allowed_load=1`` vs ``xargs -P 4 -L 1 PYTHON
+    SCRIPT`` fed the rest of each command line (no shell in between, as hpsearch).
     Target: hpsearch wall <= 1.10x xargs wall.
 (b) 100 configs that exit at once, ``--visible_gpus=-1`` (one after another) vs ``sh FILE``
     running the same commands one after another. Target: <= 1.10x.
@@ -142,13 +143,20 @@ def compare(work, label, n, sleep, hp_flags, other_tool, env):
 
 
 def run_xargs(cmd_file, env):
-    # -L 1: one command per line, executed without a shell, as hpsearch does. xargs has its own
-    # quoting rules, so the lines must not need any (checked here).
+    """``xargs -P 4 -L 1 PYTHON SCRIPT < lines``: each line's arguments after the common prefix
+    (interpreter and script), executed without a shell, as hpsearch does."""
     with open(cmd_file) as f:
-        text = f.read()
-    assert not re.search(r"[\"'\\]", text), "commands need quoting; xargs -L 1 would misread them"
-    with open(cmd_file) as stdin:
-        return timed(["xargs", "-P", "4", "-L", "1"], env=env, stdin=stdin)
+        lines = [shlex.split(line) for line in f if line.strip()]
+    prefix = lines[0][:2]
+    assert all(argv[:2] == prefix for argv in lines), "the commands differ in their prefix"
+    rest = [" ".join(argv[2:]) for argv in lines]
+    # xargs has its own quoting rules: the arguments must not need any (checked here).
+    assert not any(re.search(r"[\s\"'\\]", a) for argv in lines for a in argv[2:])
+    args_file = cmd_file + ".args"
+    with open(args_file, "w") as f:
+        f.write("".join(r + "\n" for r in rest))
+    with open(args_file) as stdin:
+        return timed(["xargs", "-P", "4", "-L", "1"] + prefix, env=env, stdin=stdin)
 
 
 def run_sh(cmd_file, env):
