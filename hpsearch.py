@@ -13,6 +13,7 @@ import argparse
 import collections
 import csv
 import datetime
+import getpass
 import importlib
 import importlib.util
 import io
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from xml.etree import ElementTree
 
 __version__ = "1.0.0"
 
@@ -1456,6 +1458,20 @@ class Scheduler(object):
     def cancel_argv(self, job_ids):
         raise NotImplementedError
 
+    def explain(self, job_id):
+        """Why a job left the queue without an exit status, where the scheduler can say."""
+        return ""
+
+
+def expand_task_range(text):
+    """Task indices of a folded range: ``'2-9%3'``, ``'1-6:1'``, ``'1,3,5'`` or ``'4'``."""
+    indices = []
+    for part in text.split("%")[0].split(","):
+        bounds, _, step = part.partition(":")
+        first, _, last = bounds.partition("-")
+        indices.extend(range(int(first), int(last or first) + 1, int(step or 1)))
+    return indices
+
 
 class Slurm(Scheduler):
     name = "slurm"
@@ -1511,12 +1527,15 @@ class Slurm(Scheduler):
             if len(parts) != 3 or not parts[0][:1].isdigit():
                 raise SchedulerError("cannot read squeue's line %r" % line)
             job_id, state, reason = parts
-            if "[" in job_id:   # pending tasks of an array still folded: all active
-                continue
             state = state.split()[0]
-            ended = state not in self.ACTIVE_STATES
-            jobs[job_id] = (JOB_ENDED if ended else JOB_ACTIVE,
-                            "%s (%s)" % (state, reason) if reason not in ("", "None") else state)
+            answer = (JOB_ACTIVE if state in self.ACTIVE_STATES else JOB_ENDED,
+                      "%s (%s)" % (state, reason) if reason not in ("", "None") else state)
+            if "_[" in job_id:  # array tasks still folded into one line: 12_[2-9%3]
+                array_id, folded = job_id.rstrip("]").split("_[")
+                for i in expand_task_range(folded):
+                    jobs["%s_%d" % (array_id, i)] = answer
+            else:
+                jobs[job_id] = answer
         return jobs
 
     def cancel_argv(self, job_ids):
@@ -1587,7 +1606,77 @@ class Lsf(Scheduler):
         return ["bkill"] + sorted({j.split("[")[0] for j in job_ids})
 
 
-SCHEDULERS = {"slurm": Slurm, "lsf": Lsf}
+class Sge(Scheduler):
+    name = "sge"
+    submit_tool = "qsub"
+    max_array = 75000   # max_aj_tasks defaults to 75000
+    job_env_prefixes = ("SGE_TASK_", "SGE_O_", "SGE_STD", "SGE_CWD_PATH", "SGE_JOB_",
+                        "SGE_ACCOUNT", "SGE_BINARY_PATH", "JOB_ID", "JOB_NAME", "JOB_SCRIPT",
+                        "NSLOTS", "NHOSTS", "NQUEUES", "QUEUE", "PE_HOSTFILE", "PE",
+                        "RESTARTED", "REQNAME", "REQUEST", "ENVIRONMENT")
+    task_variable = "SGE_TASK_ID"
+    task_pattern = "$TASK_ID"
+    first_task = 1
+
+    def submit_argv(self, script, name, log, array=None):
+        argv = ["qsub", "-terse", "-N", name, "-o", log, "-j", "y", "-V", "-S", "/bin/sh",
+                "-l", "h_rt=%d:00:00" % self.args.num_hours]
+        if array:
+            argv += ["-t", "1-%d" % array[0], "-tc", str(array[1])]
+        return argv + self.extra + [script]
+
+    def parse_submit(self, stdout):
+        first = _first_line(stdout).split(".")[0]  # -terse: "54", or "56.1-3:1" for arrays
+        if not first.isdigit():
+            raise ValueError("qsub printed %r instead of a job id" % _first_line(stdout))
+        return first
+
+    def task_ids(self, array_id, size):
+        return ["%s.%d" % (array_id, i) for i in range(1, size + 1)]
+
+    def query_argv(self, job_ids):
+        return ["qstat", "-xml", "-u", getpass.getuser()]
+
+    def parse_query(self, returncode, stdout, stderr):
+        if returncode != 0:
+            raise SchedulerError("qstat failed (exit %d): %s" % (returncode, _first_line(stderr)))
+        try:
+            root = ElementTree.fromstring(stdout)
+        except ElementTree.ParseError as exc:
+            raise SchedulerError("cannot read qstat -xml: %s" % exc)
+        jobs = {}
+        for job in root.iter("job_list"):
+            number = (job.findtext("JB_job_number") or "").strip()
+            state = (job.findtext("state") or "").strip()
+            if not number.isdigit():
+                raise SchedulerError("qstat -xml lists a job without a number")
+            # Eqw: the job can never start; it stays in qstat until someone deletes it.
+            answer = ((JOB_ENDED, "error state %s (qstat -j %s says why)" % (state, number))
+                      if "E" in state else (JOB_ACTIVE, state))
+            tasks = (job.findtext("tasks") or "").strip()
+            jobs[number] = answer
+            for i in expand_task_range(tasks) if tasks else ():
+                jobs["%s.%d" % (number, i)] = answer
+        return jobs
+
+    def cancel_argv(self, job_ids):
+        return ["qdel"] + sorted({j.split(".")[0] for j in job_ids})
+
+    def explain(self, job_id):
+        number, _, task = job_id.partition(".")
+        argv = ["qacct", "-j", number] + (["-t", task] if task else [])
+        try:
+            code, out, _ = run_scheduler(argv)
+        except SchedulerError:
+            return ""
+        fields = dict(line.split(None, 1) for line in out.splitlines() if len(line.split()) > 1)
+        if code != 0 or "failed" not in fields:
+            return "deleted before it started (no accounting record)"
+        return "failed %s, exit_status %s" % (" ".join(fields["failed"].split()),
+                                               " ".join(fields.get("exit_status", "?").split()))
+
+
+SCHEDULERS = {"slurm": Slurm, "lsf": Lsf, "sge": Sge}
 
 
 def strip_shell_quotes(text):
@@ -1742,7 +1831,9 @@ class ClusterBackend(Backend):
             self.vanished[job_id] = self.vanished.get(job_id, 0) + 1
             if self.vanished[job_id] >= 2:
                 run = self.active[job_id]
-                run.exit_code, run.reason = None, "killed by the scheduler: %s" % detail
+                why = self.scheduler.explain(job_id)
+                run.exit_code = None
+                run.reason = "killed by the scheduler: %s%s" % (detail, "; " + why if why else "")
                 self._end(job_id)
 
     def wait(self, timeout):
@@ -2061,7 +2152,7 @@ def build_parser():
     cl.add_argument("--run_cluster", action="store_true",
                     help="Submit runs as jobs to a cluster scheduler (see --scheduler).")
     cl.add_argument("--scheduler", type=str, default="lsf",
-                    help="The cluster's scheduler: lsf or slurm.")
+                    help="The cluster's scheduler: lsf, slurm or sge (Grid Engine).")
     cl.add_argument("--num_jobs", type=int, default=8, metavar="N",
                     help="At most N of our jobs queued or running at once.")
     cl.add_argument("--num_hours", type=int, default=24, metavar="N",
