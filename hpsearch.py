@@ -356,9 +356,10 @@ class ValueTable(object):
             self.index_of(v)
 
     def index_of(self, value):
-        """Index of ``value``, added if new. Values of one type that render alike share one."""
+        """Index of ``value``, added if new. Only values of one type with one repr share an
+        index: '"a"' and 'a' render alike but a trigger tells them apart."""
         token = None if value is self.ABSENT else render_token(self.key, value)
-        ident = (type(value), token)
+        ident = (type(value), token, repr(value))
         try:
             return self._index[ident]
         except KeyError:
@@ -453,6 +454,8 @@ class GridSpace(object):
             self.keys.extend(k for k in action if k not in self.keys)
         self.tables = [ValueTable(k, grid[k], False) for k in self.keys[:self.n_grid]]
         self.tables.extend(ValueTable(k, [], True) for k in self.keys[self.n_grid:])
+        # The product runs over grid values only, not over values conditions add below.
+        self.grid_sizes = [len(t.values) for t in self.tables[:self.n_grid]]
         self.position = {k: i for i, k in enumerate(self.keys)}
         # Every value a condition adds is known before the digits are laid out.
         actions = [{k: [self._table(k).index_of(v) for v in vals] for k, vals in a.items()}
@@ -492,7 +495,7 @@ class GridSpace(object):
         codes = [0]
         for p in range(self.n_grid):
             s = self.digits[p].stride
-            steps = [i * s for i in range(len(self.tables[p].values))]
+            steps = [i * s for i in range(self.grid_sizes[p])]
             codes = [c + step for c in codes for step in steps]
         return codes
 
@@ -523,7 +526,7 @@ class GridSpace(object):
         return self.dedup(self._enforce(self._initial_product()))
 
     def size_of_product(self):
-        return _product([len(t.values) for t in self.tables[:self.n_grid]])
+        return _product(self.grid_sizes)
 
     def sample(self, n, rng):
         """``n`` distinct configurations drawn at random (fewer if the space is smaller)."""
@@ -531,8 +534,7 @@ class GridSpace(object):
             codes = self.expand()
             rng.shuffle(codes)
             return codes[:n]
-        grid_digits = [(self.digits[p].stride, len(self.tables[p].values))
-                       for p in range(self.n_grid)]
+        grid_digits = [(self.digits[p].stride, self.grid_sizes[p]) for p in range(self.n_grid)]
         pool = collections.OrderedDict()
         attempts = 0
         while len(pool) < n and attempts < 50 * n + 1000:
@@ -809,7 +811,7 @@ def create_search_dir(out_dir, force_out_dir, allow_existing):
             raise UsageError("--out_dir %s exists; choose a new folder, or add "
                              "--dont_force_new_dir to write into it" % out_dir)
         os.makedirs(out_dir, exist_ok=True)
-        return out_dir, stamp
+        return out_dir, _unused_stamp(out_dir, stamp)
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, "search_" + moment.strftime("%Y-%m-%d_%H-%M-%S"))
     for n in itertools.count(1):
@@ -819,6 +821,17 @@ def create_search_dir(out_dir, force_out_dir, allow_existing):
         except FileExistsError:
             continue
         return path, stamp + ("" if n == 1 else "_%d" % n)
+
+
+def _unused_stamp(folder, stamp):
+    """``stamp``, or ``stamp_2``, ... so no run folder name of an earlier search is reused."""
+    taken = {name[len("sim_"):].rsplit("_", 1)[0] for name in os.listdir(folder)
+             if name.startswith("sim_")}
+    candidate = stamp
+    for n in itertools.count(2):
+        if candidate not in taken:
+            return candidate
+        candidate = "%s_%d" % (stamp, n)
 
 
 class SearchFolder(object):
@@ -881,6 +894,13 @@ class SearchFolder(object):
                 entry["reason"] = run.reason
         entry.update(extra)
         append_line(self.journal, json.dumps(entry))
+
+    def keep_copy(self, path):
+        """Copy a config file in; an earlier, different copy there is renamed first."""
+        target = self.file(os.path.basename(path))
+        if os.path.exists(target) and not _same_content(path, target):
+            move_aside(target)
+        shutil.copy2(path, target)
 
     def read_record(self):
         """The search's record of runs; UsageError if it is missing or unreadable."""
@@ -1339,8 +1359,9 @@ class LocalBackend(Backend):
                 self.slots.release(token)
                 code = run.process.returncode
                 run.exit_code = code if code >= 0 else 128 - code
-                if code < 0 and not run.reason:
-                    run.reason = "killed by signal %d" % -code
+                if code < 0:
+                    run.killed = True
+                    run.reason = run.reason or "killed by signal %d" % -code
                 run.process = None
         self._enforce_timeouts()
         return ended
@@ -1803,6 +1824,8 @@ class ClusterBackend(Backend):
             code = self._exit_status(run)
             if code is not None:
                 run.exit_code = code
+                if code > 128:  # the job shell's way of saying "ended by signal code-128"
+                    run.killed, run.reason = True, "killed by signal %d" % (code - 128)
                 self._end(job_id)
 
     def _end(self, job_id):
@@ -1832,7 +1855,7 @@ class ClusterBackend(Backend):
             if self.vanished[job_id] >= 2:
                 run = self.active[job_id]
                 why = self.scheduler.explain(job_id)
-                run.exit_code = None
+                run.exit_code, run.killed = None, True
                 run.reason = "killed by the scheduler: %s%s" % (detail, "; " + why if why else "")
                 self._end(job_id)
 
@@ -1865,7 +1888,7 @@ class ClusterBackend(Backend):
             run = self.active[job_id]
             run.exit_code = self._exit_status(run)
             if run.exit_code is None:
-                run.reason = "killed: cancelled by hpsearch"
+                run.killed, run.reason = True, "cancelled by hpsearch"
             self._end(job_id)
 
 
@@ -2037,12 +2060,10 @@ class Search(object):
         run.summary = collect_summary(self.config, run) if os.path.isdir(run.out_dir) else None
         if run.killed:
             run.state = KILLED
-        elif run.exit_code is None and run.reason.startswith("killed"):
-            run.state = KILLED
         elif run.exit_code == 0:
             run.state = FINISHED if is_finished(run.summary) else UNFINISHED
         else:
-            run.state = KILLED if run.exit_code is not None and run.exit_code > 128 else FAILED
+            run.state = FAILED
         self.folder.keep_run_files(run)
         self.folder.log_state(run)
         if run.state != FINISHED and run.attempt <= self.max_retries and not self.signals:
@@ -2312,9 +2333,8 @@ def new_search(args):
     folder = SearchFolder(folder_path)
     folder.prepare()
     runs, wo_dirs = make_runs(space, configs, config, args, folder_path, stamp)
-    shutil.copy2(source, folder.file(os.path.basename(source)))
-    if args.grid_config:
-        shutil.copy2(args.grid_config, folder.file(os.path.basename(args.grid_config)))
+    for path in [source] + ([args.grid_config] if args.grid_config else []):
+        folder.keep_copy(path)
     folder.write_plan(runs, config, args, space.keys, wo_dirs)
     results = ResultsTable(folder.results, space.keys, config.summary_keywords, config.out_arg)
     results.create()
