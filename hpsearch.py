@@ -13,7 +13,7 @@ import argparse
 import collections
 import csv
 import datetime
-import getpass
+import pwd
 import importlib
 import importlib.util
 import io
@@ -80,8 +80,12 @@ def move_aside(path):
 
 
 def warn(message):
-    sys.stderr.write("hpsearch: warning: %s\n" % message)
-    sys.stderr.flush()
+    """A warning on stderr; during a search it goes above the live status line."""
+    if Progress.active is not None:
+        Progress.active.above_status(sys.stderr, "hpsearch: warning: %s" % message)
+    else:
+        sys.stderr.write("hpsearch: warning: %s\n" % message)
+        sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +266,9 @@ def _script_path(script_name, run_cwd):
     return None
 
 
-def build_config(module, source, override, run_cwd):
-    """Validate a loaded config module (plus a ``--grid_config`` override) into a SearchConfig."""
+def build_config(module, source, override, run_cwd, check_script=True):
+    """Validate a loaded config module (plus a ``--grid_config`` override) into a SearchConfig.
+    ``check_script``: the training script must exist (not needed to read results)."""
     where = source
     if not hasattr(module, "grid") and "grid" not in override:
         raise UsageError("%s: no 'grid' defined (add grid = {'arg': [values, ...]})" % where)
@@ -305,7 +310,7 @@ def build_config(module, source, override, run_cwd):
     for handle in ("_SUMMARY_PARSER_HANDLE", "_PERFORMANCE_EVAL_HANDLE", "_ARGPARSE_HANDLE"):
         if settings[handle] is not None and not callable(settings[handle]):
             raise UsageError("%s: %s must be a function or None" % (where, handle))
-    script = _script_path(settings["_SCRIPT_NAME"], run_cwd)
+    script = _script_path(settings["_SCRIPT_NAME"], run_cwd) if check_script else None
     if script is not None and not os.path.isfile(script):
         raise UsageError("%s: _SCRIPT_NAME %r: no such file %s (check --run_cwd, which the "
                          "script name is relative to)" % (where, settings["_SCRIPT_NAME"], script))
@@ -694,7 +699,7 @@ def is_finished(summary):
         return False
     try:
         return float(unwrap(summary.get("finished"))) == 1
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
@@ -717,14 +722,14 @@ def format_cell(value):
         return ""
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    return str(value).replace("\0", "\ufffd")  # a NUL makes the CSV unreadable to csv
 
 
 def sort_number(text):
     """Sort key for a CSV cell: numbers by value; text, empty and nan at the end."""
     try:
         x = float(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return None if math.isnan(x) else x
 
@@ -902,17 +907,33 @@ class SearchFolder(object):
             move_aside(target)
         shutil.copy2(path, target)
 
-    def read_record(self):
-        """The search's record of runs; UsageError if it is missing or unreadable."""
+    def read_record(self, context="--resume"):
+        """The search's record of runs; UsageError (starting with ``context``) if it is
+        missing or unreadable."""
         try:
             with open(self.record, encoding="utf-8") as f:
                 record = json.load(f)
         except (OSError, ValueError) as exc:
-            raise UsageError("--resume %s: cannot read %s (%s); is this a search folder made by "
-                             "hpsearch?" % (self.path, RECORD_FILE, exc))
+            raise UsageError("%s %s: cannot read %s (%s); is this a search folder made by "
+                             "hpsearch?" % (context, self.path, RECORD_FILE, exc))
         if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
-            raise UsageError("--resume %s: %s has no list of runs" % (self.path, RECORD_FILE))
+            raise UsageError("%s %s: %s has no list of runs" % (context, self.path, RECORD_FILE))
         return record
+
+    def end_cut_line(self):
+        """A crash mid-write can leave the journal's last line without its newline: end it,
+        so the next entry starts a line of its own."""
+        try:
+            with open(self.journal, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() == 0:
+                    return
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) == b"\n":
+                    return
+        except OSError:
+            return
+        append_line(self.journal, "")
 
     def read_journal(self):
         """``{run name: [entries in order]}``; a line cut short by a crash is skipped."""
@@ -1104,6 +1125,9 @@ class Backend(object):
     def flush(self):
         """Hand over runs started since the last call (a job array submits them together)."""
 
+    def finish_up(self):
+        """Last chores once the search loop is done."""
+
 
 class CpuSlots(object):
     """Up to ``n`` runs at once, no GPU assignment."""
@@ -1154,6 +1178,7 @@ class GpuSlots(object):
         self.ours = dict.fromkeys(self.order, 0)
         self.hold = {}           # gpu index -> (hold end time, pid we started)
         self.snapshot_time = now()
+        self.outage = False      # nvidia-smi failing: warned once, until it answers again
 
     def _refresh(self):
         if now() - self.snapshot_time < self.poll:
@@ -1164,8 +1189,13 @@ class GpuSlots(object):
             if self.hold:
                 self._release_holds_of_started_processes()
         except GpuError as exc:  # a driver hiccup mid-search: keep the last view, ask later
-            warn("%s; trying again in %gs" % (exc, self.poll))
+            if not self.outage:
+                warn("%s; asking again every %gs" % (exc, self.poll))
+                self.outage = True
             return
+        if self.outage:
+            warn("nvidia-smi answers again")
+            self.outage = False
         for i in self.order:
             if i in seen:
                 self.gpus[i] = seen[i]
@@ -1206,13 +1236,19 @@ class GpuSlots(object):
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "_gpu": best}
 
     def started(self, env, pid):
+        env["_pid"] = pid
         if self.startup > 0:
             self.hold[env["_gpu"]] = (now() + self.startup, pid)
 
     def release(self, env):
-        self.ours[env["_gpu"]] -= 1
+        gpu = env["_gpu"]
+        self.ours[gpu] -= 1
+        if gpu in self.hold and self.hold[gpu][1] == env.get("_pid"):
+            del self.hold[gpu]  # its run has ended: nothing left to wait for on that GPU
 
     def recheck_in(self):
+        if all(self.ours[i] >= self.per_gpu for i in self.order):
+            return None  # only a run ending can free a slot, and that wakes the loop
         waits = [self.poll - (now() - self.snapshot_time)]
         waits.extend(until - now() for until, _ in self.hold.values())
         return max(0.05, min(waits))
@@ -1408,7 +1444,8 @@ class SchedulerError(Exception):
     """A scheduler command failed or said something we cannot read."""
 
 
-JOB_ACTIVE, JOB_ENDED = "active", "ended"
+# What the queue says of a job: still going, gone, or held there but never going to run.
+JOB_ACTIVE, JOB_ENDED, JOB_STUCK = "active", "ended", "stuck"
 
 
 def run_scheduler(argv, env=None, timeout=120):
@@ -1439,6 +1476,7 @@ class Scheduler(object):
     max_array = 1000
     # The launcher's own job settings that must not leak into the jobs it submits.
     job_env_prefixes = ()
+    job_env_names = frozenset()
     job_env_keep = ()
 
     def __init__(self, args):
@@ -1448,7 +1486,8 @@ class Scheduler(object):
     def clean_env(self):
         env = dict(os.environ)
         for key in list(env):
-            if key.startswith(self.job_env_prefixes) and key not in self.job_env_keep:
+            ours = key in self.job_env_names or key.startswith(self.job_env_prefixes)
+            if ours and key not in self.job_env_keep:
                 del env[key]
         return env
 
@@ -1472,8 +1511,8 @@ class Scheduler(object):
         raise NotImplementedError
 
     def parse_query(self, returncode, stdout, stderr):
-        """``{job_id: (JOB_ACTIVE or JOB_ENDED, detail)}`` for the jobs the queue lists;
-        SchedulerError when the answer cannot be trusted."""
+        """``{job_id: (JOB_ACTIVE, JOB_ENDED or JOB_STUCK, detail)}`` for the jobs the queue
+        lists; SchedulerError when the answer cannot be trusted."""
         raise NotImplementedError
 
     def cancel_argv(self, job_ids):
@@ -1582,7 +1621,8 @@ class Lsf(Scheduler):
         resources = strip_shell_quotes(a.resources)
         if resources:
             argv += ["-R", resources]
-        return argv + self.extra + ["/bin/sh", script]
+        # LSF runs "command [args]" as one Bourne-shell line: quote the script's path.
+        return argv + self.extra + ["/bin/sh " + shlex.quote(script)]
 
     def parse_submit(self, stdout):
         for line in stdout.splitlines():  # Job <123> is submitted to default queue <normal>.
@@ -1631,10 +1671,11 @@ class Sge(Scheduler):
     name = "sge"
     submit_tool = "qsub"
     max_array = 75000   # max_aj_tasks defaults to 75000
-    job_env_prefixes = ("SGE_TASK_", "SGE_O_", "SGE_STD", "SGE_CWD_PATH", "SGE_JOB_",
-                        "SGE_ACCOUNT", "SGE_BINARY_PATH", "JOB_ID", "JOB_NAME", "JOB_SCRIPT",
-                        "NSLOTS", "NHOSTS", "NQUEUES", "QUEUE", "PE_HOSTFILE", "PE",
-                        "RESTARTED", "REQNAME", "REQUEST", "ENVIRONMENT")
+    job_env_prefixes = ("SGE_TASK_", "SGE_O_", "SGE_STD", "SGE_JOB_")
+    job_env_names = frozenset((
+        "SGE_CWD_PATH", "SGE_ACCOUNT", "SGE_BINARY_PATH", "JOB_ID", "JOB_NAME", "JOB_SCRIPT",
+        "NSLOTS", "NHOSTS", "NQUEUES", "QUEUE", "PE_HOSTFILE", "PE", "RESTARTED", "REQNAME",
+        "REQUEST", "ENVIRONMENT"))
     task_variable = "SGE_TASK_ID"
     task_pattern = "$TASK_ID"
     first_task = 1
@@ -1656,7 +1697,8 @@ class Sge(Scheduler):
         return ["%s.%d" % (array_id, i) for i in range(1, size + 1)]
 
     def query_argv(self, job_ids):
-        return ["qstat", "-xml", "-u", getpass.getuser()]
+        # The real uid's name: $USER/$LOGNAME may name someone else after su or sudo -E.
+        return ["qstat", "-xml", "-u", pwd.getpwuid(os.getuid()).pw_name]
 
     def parse_query(self, returncode, stdout, stderr):
         if returncode != 0:
@@ -1672,8 +1714,8 @@ class Sge(Scheduler):
             if not number.isdigit():
                 raise SchedulerError("qstat -xml lists a job without a number")
             # Eqw: the job can never start; it stays in qstat until someone deletes it.
-            answer = ((JOB_ENDED, "error state %s (qstat -j %s says why)" % (state, number))
-                      if "E" in state else (JOB_ACTIVE, state))
+            answer = ((JOB_STUCK, "error state %s" % state) if "E" in state
+                      else (JOB_ACTIVE, state))
             tasks = (job.findtext("tasks") or "").strip()
             jobs[number] = answer
             for i in expand_task_range(tasks) if tasks else ():
@@ -1727,6 +1769,7 @@ class ClusterBackend(Backend):
         self.to_submit = []       # runs waiting for the next array submission
         self.ended = []
         self.vanished = {}        # job id -> polls seen gone without an exit file
+        self.late_logs = {}       # run name -> ended run whose scheduler log may come later
         self.next_poll = now() + poll_interval
         self.queries = 0
         self.submissions = 0
@@ -1830,12 +1873,37 @@ class ClusterBackend(Backend):
 
     def _end(self, job_id):
         self.vanished.pop(job_id, None)
-        self.ended.append(self.active.pop(job_id))
+        run = self.active.pop(job_id)
+        self.ended.append(run)
+        self.late_logs[run.name] = run
+
+    def _sweep_late_logs(self):
+        """LSF writes its job report to the log after the job has ended (and after we moved
+        the run's files): bring such logs into the run folder when they appear."""
+        for name, run in list(self.late_logs.items()):
+            src = self.folder.job_file(run, ".scheduler.log")
+            dst = os.path.join(run.out_dir, JOB_FILES[".scheduler.log"])
+            if os.path.exists(src) and os.path.isdir(run.out_dir) and run.state in ENDED_STATES:
+                _rename_free(src, dst)
+                del self.late_logs[name]
+            elif os.path.exists(dst) or not os.path.isdir(run.out_dir):
+                if run.state in ENDED_STATES:
+                    del self.late_logs[name]
+
+    def finish_up(self):
+        """Give late scheduler logs a few seconds to arrive."""
+        deadline = now() + min(self.poll_interval, 5.0)
+        while True:
+            self._sweep_late_logs()
+            if not self.late_logs or now() >= deadline:
+                return
+            time.sleep(0.2)
 
     def poll(self):
         """Ask the queue once about all our jobs; a job gone from it without an exit status
         (after one more cycle for slow file systems) was killed."""
         self.next_poll = now() + self.poll_interval
+        self._sweep_late_logs()
         ids = list(self.active)
         if not ids:
             return
@@ -1846,6 +1914,7 @@ class ClusterBackend(Backend):
         except SchedulerError as exc:  # never take a failed query for an answer
             warn("%s; asking again in %gs" % (exc, self.poll_interval))
             return
+        given_up = []
         for job_id in ids:
             state, detail = listed.get(job_id, (JOB_ENDED, "no longer listed by the scheduler"))
             if state == JOB_ACTIVE:
@@ -1853,11 +1922,15 @@ class ClusterBackend(Backend):
                 continue
             self.vanished[job_id] = self.vanished.get(job_id, 0) + 1
             if self.vanished[job_id] >= 2:
+                if state == JOB_STUCK:
+                    given_up.append(job_id)
                 run = self.active[job_id]
                 why = self.scheduler.explain(job_id)
                 run.exit_code, run.killed = None, True
                 run.reason = "killed by the scheduler: %s%s" % (detail, "; " + why if why else "")
                 self._end(job_id)
+        if given_up:  # a job that can never run would otherwise stay queued for good
+            run_scheduler(self.scheduler.cancel_argv(given_up), env=self.env)
 
     def wait(self, timeout):
         if not self.ended:
@@ -1909,7 +1982,10 @@ def array_script(scheduler, table, jobs_dir):
 
 
 class Progress(object):
-    """One live status line on a terminal; plain log lines otherwise."""
+    """One live status line on a terminal; plain log lines otherwise. The search tells it
+    when runs start and end, so the line always agrees with the log above it."""
+
+    active = None  # the Progress of the search under way: warnings go above its line
 
     def __init__(self, total, stream=None):
         self.total = total
@@ -1919,13 +1995,29 @@ class Progress(object):
         self.counts = collections.Counter()
         self.running = 0
         self._shown = False
+        Progress.active = self
 
-    def log(self, message):
+    def run_started(self):
+        self.running += 1
+
+    def run_ended(self, state):
+        """``state`` None: the run goes back to waiting (a retry)."""
+        self.running -= 1
+        if state is not None:
+            self.counts[state] += 1
+
+    def above_status(self, stream, message):
+        """Write a line, keeping the status line below it."""
         if self.live and self._shown:
             self.stream.write("\r\033[K")
-        self.stream.write(message + "\n")
-        self._shown = False
+            self.stream.flush()
+            self._shown = False
+        stream.write(message + "\n")
+        stream.flush()
         self.show()
+
+    def log(self, message):
+        self.above_status(self.stream, message)
 
     def _eta(self, done):
         if not done:
@@ -1941,9 +2033,7 @@ class Progress(object):
             done, self.total, self.running, failed, waiting, _duration(now() - self.start),
             self._eta(done))
 
-    def show(self, running=None):
-        if running is not None:
-            self.running = running
+    def show(self):
         if self.live:
             self.stream.write("\r\033[K" + self.status_line())
             self._shown = True
@@ -1953,6 +2043,8 @@ class Progress(object):
         if self.live and self._shown:
             self.stream.write("\n")
             self.stream.flush()
+            self._shown = False
+        Progress.active = None
 
 
 def _duration(seconds):
@@ -2025,7 +2117,7 @@ class Search(object):
             timeout = self.SIGNAL_CHECK if timeout is None else min(timeout, self.SIGNAL_CHECK)
             for run in self.backend.wait(timeout):
                 self._finish(run)
-            self.progress.show(self.backend.running())
+            self.progress.show()
         if not self.signals:
             return True
         self._stop_running()
@@ -2048,6 +2140,7 @@ class Search(object):
     def _start(self, run, token):
         run.state, run.started = RUNNING, time.time()
         run.exit_code, run.reason, run.killed = None, "", False
+        self.progress.run_started()
         gpu = token.get("CUDA_VISIBLE_DEVICES")
         self.progress.log("started %s (run %d/%d%s%s)" % (
             run.name, run.index + 1, len(self.runs), ", GPU %s" % token["_gpu"] if gpu else "",
@@ -2074,9 +2167,10 @@ class Search(object):
             run.attempt += 1
             run.state = PENDING
             self.pending.append(run)
+            self.progress.run_ended(None)
             return
         self.results.append(run)
-        self.progress.counts[run.state] += 1
+        self.progress.run_ended(run.state)
         self.progress.log("%s %s (exit %s%s)%s" % (
             run.state, run.name, run.exit_code, ", " + run.reason if run.reason else "",
             self._headline(run)))
@@ -2185,8 +2279,8 @@ def build_parser():
                     help="How often the queue is asked (one call for all our jobs). A job's "
                          "end is noticed sooner through the exit status it writes.")
     cl.add_argument("--scheduler_args", type=str, default="", metavar="ARGS",
-                    help="Further options for sbatch/bsub, as one string ('--account=x "
-                         "--nice=10').")
+                    help="Further options for sbatch/bsub/qsub, as one string "
+                         "('--account=x --nice=10').")
     cl.add_argument("--detach", action="store_true",
                     help="On Ctrl-C or SIGTERM leave queued and running jobs to the scheduler "
                          "(re-attach with --resume) instead of cancelling them.")
@@ -2227,6 +2321,9 @@ def check_flags(args):
     if args.resume and not os.path.isdir(args.resume):
         raise UsageError("--resume %s: no such folder (give the search_<time> folder of the "
                          "search to continue)" % args.resume)
+    if args.gpu_poll_interval < 0.1:
+        raise UsageError("--gpu_poll_interval=%g: give at least 0.1 seconds"
+                         % args.gpu_poll_interval)
     if args.local_jobs < 1 or args.max_num_jobs_per_gpu < 1:
         raise UsageError("--local_jobs and --max_num_jobs_per_gpu must be at least 1")
     if not os.path.isdir(args.run_cwd):
@@ -2306,9 +2403,7 @@ def _main(argv):
     args = build_parser().parse_args(argv)
     args.given_argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)
-    if args.resume:
-        return run_search(args, *resume_search(args))
-    prepared = new_search(args)
+    prepared = resume_search(args) if args.resume else new_search(args)
     return 0 if prepared is None else run_search(args, *prepared)
 
 
@@ -2361,8 +2456,16 @@ def resume_search(args):
             for r in record["runs"]]
     if record.get("scheduler") and not args.run_cluster:  # a cluster search stays one
         args.run_cluster, args.scheduler = True, record["scheduler"]
-    slots = choose_place(args)
     journal = folder.read_journal()
+    if args.dry_run:  # what would run again, touching nothing
+        again = [r for r in runs if not is_finished(
+            collect_summary(config, r) if os.path.isdir(r.out_dir) else None)]
+        for run in again:
+            print(run.shell_command())
+        print("%d commands" % len(again))
+        return None
+    slots = choose_place(args)
+    folder.end_cut_line()
     if args.run_cluster:
         attached = jobs_to_reattach(runs, journal, folder)
     else:
@@ -2427,8 +2530,11 @@ def restore_states(config, folder, runs, journal, attached):
         run.summary = collect_summary(config, run) if os.path.isdir(run.out_dir) else None
         if is_finished(run.summary):
             run.state = FINISHED
-            ended = [e for e in entries if e.get("state") in ENDED_STATES]
-            run.exit_code = ended[-1].get("exit_code", 0) if ended else 0
+            if entries and entries[-1].get("state") == FINISHED:
+                run.exit_code = entries[-1].get("exit_code")
+            else:  # it finished after the launcher died: record that now
+                folder.keep_run_files(run)
+                folder.log_state(run, noticed_on_resume=True)
             kept.append(run)
             continue
         if os.path.lexists(run.out_dir) or run.attempt > 0:
@@ -2472,6 +2578,7 @@ def run_search(args, config, folder, runs, results, place, run_cwd):
     search = Search(config, folder, runs, backend, results, progress, signals,
                     max_retries=args.max_retries)
     completed = search.execute()
+    backend.finish_up()
     progress.close()
     results.sort(config.performance_key, config.performance_sort_asc)
     counts = progress.counts
