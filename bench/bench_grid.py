@@ -140,8 +140,10 @@ def environment():
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return "Python %s (%s) on %s; %s cores (%s usable)" % (
-        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable)
+    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    return "Python %s (%s) on %s; %s cores (%s usable); %s" % (
+        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable,
+        load)
 
 
 def main():
@@ -193,6 +195,9 @@ def main():
         ("(b) 1000 distinct draws", s["count"] == 1000 and s["distinct"] == 1000,
          "%d/%d" % (s["distinct"], s["count"])),
     ]
+    if hasattr(os, "getloadavg"):
+        print("load average at the end: %.2f %.2f %.2f (other work on the machine skews timings)"
+              % os.getloadavg())
     failed = 0
     for name, ok, figure in checks:
         print("%s: %s (%s)" % ("PASS" if ok else "FAIL", name, figure))

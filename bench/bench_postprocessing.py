@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Benchmark: hpsearch_postprocessing.py on large search folders (stdlib only).
+
+    python3 bench/bench_postprocessing.py [--keep]
+
+Synthesizes two hpsearch search folders, of 10,000 and 20,000 runs, as a finished search
+leaves them: the config copy, ``search_record.json``, ``run_journal.jsonl`` (a 'running' and
+an end line per run) and one run folder per run with its ``performance_overview.txt`` (3
+keywords). 2 % of the runs failed (exit 1), 1 % stopped without 'finished 1', 1 % left no
+summary; 5 arguments, one of them ``random_seed`` (so the seeds table is built too).
+
+Each measurement is ``python3 hpsearch_postprocessing.py SEARCH_DIR`` in a fresh interpreter,
+timed from outside (start to exit, interpreter start-up included), stdout to /dev/null: it
+reads the record, the journal and every summary, writes ``postprocessing_results.csv`` and
+``postprocessing_seeds.csv`` and prints the report. Wall time is measured by the parent, CPU
+time (user + system) with ``getrusage(RUSAGE_CHILDREN)``. Each size 5 times, alternating;
+medians. The folders are written just before, so the summaries are in the page cache (a warm
+read).
+
+Targets: 20,000 runs in < 3 s wall; CPU time(20,000) / CPU time(10,000) <= 2.3 (cost linear
+in the runs; CPU time, because wall time on a shared machine also measures the other work
+there; the wall ratio is printed too). For information (no target): one run with ``--html``.
+Exit status 1 if a target is missed.
+The folders are made under a temporary folder and removed afterwards (``--keep`` keeps them).
+"""
+
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POST = os.path.join(ROOT, "hpsearch_postprocessing.py")
+SIZES = (10000, 20000)
+REPEATS = 5
+TARGET_S = 3.0
+TARGET_RATIO = 2.3
+
+CONFIG = """
+grid = {'lr': [0.1], 'batch_size': [16], 'optimizer': ['sgd'], 'dropout': [0.0],
+        'random_seed': [1]}
+conditions = []
+_SCRIPT_NAME = 'train.py'
+_SUMMARY_FILENAME = 'performance_overview.txt'
+_SUMMARY_KEYWORDS = ['acc', 'loss', 'finished']
+_OUT_ARG = 'out_dir'
+_SUMMARY_PARSER_HANDLE = None
+_PERFORMANCE_KEY = 'acc'
+_PERFORMANCE_SORT_ASC = False
+"""
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+def synthesize(base, n):
+    """Write a search folder of ``n`` runs under ``base``; its path."""
+    path = os.path.join(base, "search_%d" % n)
+    os.makedirs(path)
+    with open(os.path.join(path, "bench_config.py"), "w") as f:
+        f.write(CONFIG)
+    runs, journal = [], []
+    width = len(str(n))
+    for k in range(n):
+        name = "sim_20240101000000_%0*d" % (width, k + 1)
+        out_dir = os.path.join(path, name)
+        args = {"lr": [0.1, 0.05, 0.01, 0.005, 0.001][k % 5],
+                "batch_size": [16, 32, 64, 128][(k // 5) % 4],
+                "optimizer": OPTIMIZERS[(k // 20) % 4],
+                "dropout": round(0.05 * ((k // 80) % 10), 2),
+                "random_seed": k // 800 + 1}
+        argv = [sys.executable, "train.py", "--out_dir=%s" % out_dir]
+        argv += ["--%s=%s" % (key, v) for key, v in args.items()]
+        runs.append({"index": k, "name": name, "out_dir": out_dir, "args": args, "argv": argv})
+        fate = k % 100
+        state, code = ("failed", 1) if fate < 2 else (
+            ("unfinished", 0) if fate < 4 else ("finished", 0))
+        journal.append('{"run": "%s", "state": "running", "time": 1.0, "attempt": 1, '
+                       '"job_id": %d, "job_start": 1}' % (name, 100000 + k))
+        journal.append('{"run": "%s", "state": "%s", "time": 2.0, "attempt": 1, '
+                       '"exit_code": %d}' % (name, state, code))
+        os.mkdir(out_dir)
+        if fate == 3:
+            continue  # no summary at all
+        acc = ((k * 7919) % 10007) / 10007.0
+        with open(os.path.join(out_dir, "performance_overview.txt"), "w") as f:
+            f.write("acc %r\nloss %r\nfinished %d\n" % (acc, 1.0 - acc, 0 if fate == 2 else 1))
+    record = {"format": "hpsearch-record-1", "config_file": "/elsewhere/bench_config.py",
+              "run_cwd": base, "out_arg": "out_dir",
+              "summary_filename": "performance_overview.txt",
+              "summary_keywords": ["acc", "loss", "finished"], "performance_key": "acc",
+              "performance_sort_asc": False,
+              "arg_keys": ["lr", "batch_size", "optimizer", "dropout", "random_seed"],
+              "runs": runs}
+    with open(os.path.join(path, "search_record.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(path, "run_journal.jsonl"), "w") as f:
+        f.write("\n".join(journal) + "\n")
+    return path
+
+
+def measure(path, *flags):
+    """``(wall seconds, CPU seconds)`` of one postprocessing run, from outside."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.devnull, "w") as sink:
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, POST, path] + list(flags), stdout=sink)
+        elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        raise SystemExit("bench_postprocessing: postprocessing of %s failed (exit %d)"
+                         % (path, rc))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
+
+
+def check_output(path, n):
+    """The CSV has a row per run (a quick sanity check of what was timed)."""
+    with open(os.path.join(path, "postprocessing_results.csv")) as f:
+        rows = sum(1 for _ in f) - 1
+    if rows != n:
+        raise SystemExit("bench_postprocessing: %s has %d rows, expected %d" % (path, rows, n))
+
+
+def environment():
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    return "Python %s (%s) on %s; %s cores (%s usable); %s" % (
+        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable,
+        load)
+
+
+def main():
+    keep = "--keep" in sys.argv[1:]
+    print("bench_postprocessing: " + environment())
+    base = tempfile.mkdtemp(prefix="bench_postprocessing_")
+    try:
+        paths = {}
+        for n in SIZES:
+            t0 = time.perf_counter()
+            paths[n] = synthesize(base, n)
+            print("synthesized %d runs in %.1f s: %s" % (n, time.perf_counter() - t0, paths[n]))
+        walls = {n: [] for n in SIZES}
+        cpus = {n: [] for n in SIZES}
+        for i in range(REPEATS):
+            for n in (SIZES if i % 2 == 0 else tuple(reversed(SIZES))):
+                wall, cpu = measure(paths[n])
+                walls[n].append(wall)
+                cpus[n].append(cpu)
+        html = {}
+        for n in SIZES:
+            check_output(paths[n], n)
+            html[n] = measure(paths[n], "--html")
+        print("")
+        print("%-8s %10s %10s  %-30s %14s" % ("runs", "wall s", "CPU s", "all walls s",
+                                              "--html wall s"))
+        print("-" * 78)
+        for n in SIZES:
+            print("%-8d %10.3f %10.3f  %-30s %14.3f" % (
+                n, statistics.median(walls[n]), statistics.median(cpus[n]),
+                " ".join("%.2f" % t for t in walls[n]), html[n][0]))
+        wall_small, wall_large = (statistics.median(walls[n]) for n in SIZES)
+        cpu_small, cpu_large = (statistics.median(cpus[n]) for n in SIZES)
+        ratio = cpu_large / cpu_small
+        print("")
+        print("wall ratio %d/%d: %.2f (for information: wall time also measures the other work "
+              "on the machine)" % (SIZES[1], SIZES[0], wall_large / wall_small))
+        checks = [
+            ("%d runs: median wall < %.1f s" % (SIZES[1], TARGET_S), wall_large < TARGET_S,
+             "%.3f s" % wall_large),
+            ("CPU time(%d) / CPU time(%d) <= %.1f" % (SIZES[1], SIZES[0], TARGET_RATIO),
+             ratio <= TARGET_RATIO, "%.2f" % ratio),
+        ]
+        for label, ok, value in checks:
+            print("%-4s %-44s %s" % ("PASS" if ok else "FAIL", label, value))
+        if hasattr(os, "getloadavg"):
+            print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
+        return 0 if all(ok for _, ok, _ in checks) else 1
+    finally:
+        if keep:
+            print("kept %s" % base)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Local parallel runs without GPUs (--local_jobs, --visible_gpus=-1): how many go at once, how
+fast a freed slot is refilled, results written as runs end, output into files, and the progress
+display (live line on a terminal, plain lines otherwise).
+
+The training script (gpu_helpers.TRAIN_SCRIPT) records its start/end time, pid and
+CUDA_VISIBLE_DEVICES into a shared ledger; hpsearch's own start times come from
+run_journal.jsonl. Margins are generous: a busy 2-core machine must not make these flaky.
+"""
+
+import os
+import re
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_helpers as gh  # noqa: E402
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = gh.Env(tmp_path)
+    e.set_state([e.gpu(0), e.gpu(1)])  # GPUs exist, but these modes must not use them
+    return e
+
+
+def assert_ok(res):
+    assert res.returncode == 0, "exit %s\nstdout:\n%s\nstderr:\n%s" % (
+        res.returncode, res.stdout, res.stderr)
+
+
+def test_local_jobs_runs_n_at_once_never_more(env):
+    env.write_config({"sleep": [0.8], "idx": list(range(6))})
+    res = env.run("--local_jobs=3")
+    assert_ok(res)
+    runs = env.runs()
+    assert len(runs) == 6 and all(r["end"] for r in runs)
+    assert gh.max_concurrency(runs) == 3
+    assert all(r["cvd"] is None for r in runs), "--local_jobs assigns no GPU"
+    assert env.smi_calls() == []
+    rows = env.results_rows()
+    assert len(rows) == 1 + 6
+
+
+def test_local_jobs_with_visible_gpus_minus_one(env):
+    env.write_config({"sleep": [0.6], "idx": list(range(3))})
+    res = env.run("--visible_gpus=-1", "--local_jobs=2")
+    assert_ok(res)
+    runs = env.runs()
+    assert len(runs) == 3
+    assert gh.max_concurrency(runs) == 2
+    assert env.smi_calls() == []
+
+
+def test_visible_gpus_minus_one_runs_one_at_a_time(env):
+    env.write_config({"sleep": [0.15], "idx": list(range(3))})
+    res = env.run("--visible_gpus=-1")
+    assert_ok(res)
+    runs = env.runs()
+    assert len(runs) == 3
+    assert gh.max_concurrency(runs) == 1
+    assert [r["idx"] for r in runs] == [0, 1, 2]  # --deterministic_search: grid order
+    assert env.smi_calls() == []
+
+
+def test_freed_slot_is_refilled_quickly(env):
+    """Event-driven: a run's end starts the next one at once (spec: within 100 ms; asserted
+    < 1 s so that a loaded machine cannot make it flaky)."""
+    env.write_config({"sleep": [0.3], "idx": list(range(5))})
+    res = env.run("--local_jobs=2")
+    assert_ok(res)
+    runs = env.runs()
+    assert len(runs) == 5
+    starts = env.journal_starts()
+    ends = sorted(r["end"] for r in runs)
+    gaps = []
+    for name, t in sorted(starts.items(), key=lambda kv: kv[1])[2:]:
+        before = [e for e in ends if e <= t]
+        assert before, "run %s started while both slots were busy" % name
+        gaps.append(t - before[-1])
+    assert len(gaps) == 3
+    assert max(gaps) < 1.0, "slot refilled only after %.2f s: %s" % (max(gaps), gaps)
+
+
+def test_results_row_appended_as_each_run_ends(env):
+    env.write_config({"sleep": [0.2, 2.2], "idx": [0]})
+    proc = env.start("--local_jobs=2")
+    try:
+        short_end = gh.wait_for(
+            lambda: [r for r in env.runs() if r["end"] and r["idx"] == 0], 20)
+        assert short_end, "the short run never ended"
+
+        def row_written():
+            dirs = env.search_dirs()
+            if not dirs:
+                return False
+            return len(env.results_rows()) == 2
+        assert gh.wait_for(row_written, 1.2), \
+            "search_results.csv had no row for the ended run while another still ran"
+        assert proc.poll() is None, "the long run should still be going"
+        rows = env.results_rows()
+        assert "finished" in rows[1] and ";0.2;" in ";" + rows[1]
+    finally:
+        code, out, err = env.finish(proc)
+    assert code == 0, (out, err)
+    assert len(env.results_rows()) == 3
+
+
+def test_run_output_goes_into_files(env):
+    env.write_config({"sleep": [0.05], "idx": [0, 1]})
+    res = env.run("--local_jobs=2")
+    assert_ok(res)
+    assert "training output" not in res.stdout
+    assert "training output" not in res.stderr
+    for r in env.runs():
+        job_out = os.path.join(r["out_dir"], "job_%s.out" % r["name"])
+        with open(job_out) as f:
+            assert "training output of run %d" % r["idx"] in f.read()
+
+
+def test_plain_log_lines_when_stdout_is_not_a_terminal(env):
+    env.write_config({"sleep": [0.05], "idx": [0, 1, 2]})
+    res = env.run("--local_jobs=2")
+    assert_ok(res)
+    assert "\r" not in res.stdout and "\033[" not in res.stdout
+    names = [r["name"] for r in env.runs()]
+    lines = res.stdout.splitlines()
+    for n in names:
+        assert any(l.startswith("started %s" % n) for l in lines), res.stdout
+        assert any(l.startswith("finished %s" % n) for l in lines), res.stdout
+
+
+STATUS = re.compile(r"\[(\d+)/(\d+) done, (\d+) running.*ETA")
+
+
+def test_live_status_line_on_a_terminal(env):
+    env.write_config({"sleep": [1.1], "idx": [0, 1]})
+    code, output = env.run_in_pty("--local_jobs=2")
+    assert code == 0, output
+    assert "\r" in output
+    segments = [s for s in re.split(r"[\r\n]", output) if s.strip()]
+    status = [s for s in segments if "done" in s and "ETA" in s]
+    assert status, output
+    counts = [tuple(int(x) for x in m.groups()) for m in map(STATUS.search, status) if m]
+    assert counts, status
+    assert (2, 2) == counts[-1][:2], "the last status line should say 2/2 done: %r" % status
+    # while both runs go, the line says so (and it is rewritten while they run)
+    assert any(c[0] == 0 and c[2] == 2 for c in counts), status
+    assert all(n >= 0 for c in counts for n in c), status
+    # log lines stay whole: every 'finished' message starts a segment of its own
+    assert sum(1 for s in segments if re.sub(r"^\x1b\[K", "", s).startswith("finished ")) == 2, \
+        segments
+
+
+def test_status_line_agrees_with_the_log_lines(env):
+    """Each status line counts the runs the log lines above it started and finished: no
+    '0 running' right after 'started', no run still 'running' after its 'finished' line, and
+    never a negative count."""
+    env.write_config({"sleep": [0.5], "idx": [0, 1, 2]})
+    code, output = env.run_in_pty("--local_jobs=2")
+    assert code == 0, output
+    started = finished = 0
+    checked = 0
+    for seg in re.split(r"[\r\n]", output):
+        seg = re.sub(r"^(\x1b\[K)+", "", seg)
+        if seg.startswith("started "):
+            started += 1
+        elif seg.startswith("finished "):
+            finished += 1
+        m = STATUS.search(seg)
+        if m:
+            done, total, running = (int(x) for x in m.groups())
+            assert total == 3
+            assert (done, running) == (finished, started - finished), \
+                "status %r after %d started / %d finished lines" % (seg, started, finished)
+            waiting = re.search(r"(-?\d+) waiting", seg)
+            assert waiting and int(waiting.group(1)) == 3 - started, seg
+            checked += 1
+    assert started == 3 and finished == 3 and checked >= 3, output

@@ -1,0 +1,855 @@
+"""Reliability: resume after any crash, retries, clean cancellation, bad input never hurts.
+
+Every search here runs a training script of its own (SCRIPT below) that keeps a ledger in
+``<project>/ledger/``: ``pids.txt`` (every process it starts: the run, its child, the child's
+child), ``done.txt`` (a line written only AFTER the summary says ``finished 1``, with SIGTERM
+blocked in between so the two always go together), ``terms.txt`` (SIGTERMs a stubborn run
+ignored) and a per-configuration attempt counter. What a run does is named by its grid value
+``job=<mode>.<n>`` (see ``main()`` of SCRIPT).
+
+Processes are "gone" when /proc says so or they are zombies: in some containers pid 1 reaps
+nobody. ``OrphanReaper`` makes this test process the child subreaper while a search runs and
+reaps the processes the scripts recorded, as a normal init would (otherwise hpsearch waits its
+full grace for zombie-only process groups: see /work/notes/bugs.md).
+
+Timing margins are generous: this runs beside other tests on a busy 2-core machine.
+"""
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+import hpsearch
+from conftest import HPSEARCH, make_project, run_hpsearch, tree, write_file
+
+SCRIPT = r'''
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEDGER = os.path.join(HERE, "ledger")
+
+
+def note(name, line):
+    with open(os.path.join(LEDGER, name), "a") as f:
+        f.write(line + "\n")
+
+
+def options(argv):
+    opts = {}
+    for a in argv:
+        if a.startswith("--"):
+            key, eq, value = a[2:].partition("=")
+            opts[key] = value if eq else True
+    return opts
+
+
+def count_attempt(job):
+    path = os.path.join(LEDGER, "attempts_" + job)
+    note("attempts_" + job, "x")
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+CHILD = """
+import os, signal, subprocess, sys
+if sys.argv[2] == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the sleep below
+p = subprocess.Popen(["sleep", "300"])
+with open(sys.argv[1], "a") as f:
+    f.write("%d child\\n%d grandchild\\n" % (os.getpid(), p.pid))
+p.wait()
+"""
+
+
+def summary(out, text):
+    with open(os.path.join(out, "performance_overview.txt"), "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode())
+
+
+def main():
+    opts = options(sys.argv[1:])
+    out = opts["out_dir"]
+    job = opts.get("job", "ok.0")
+    mode, _, num = job.partition(".")
+    note("pids.txt", "%d leader %s" % (os.getpid(), job))
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM,
+                      lambda s, f: note("terms.txt", "%d %s" % (os.getpid(), job)))
+    if os.path.exists(out):  # as hypnettorch scripts: never reuse a folder
+        sys.stderr.write("refusing to overwrite existing %s\n" % out)
+        sys.exit(3)
+    os.makedirs(out)
+    attempt = count_attempt(job)
+    note("starts.txt", "%s %s" % (job, out))
+    print("started %s attempt %d" % (job, attempt))
+    sys.stdout.flush()
+    released = os.path.exists(os.path.join(LEDGER, "release"))
+    if mode in ("children", "stubborn") or (mode == "hold" and not released):
+        subprocess.Popen([sys.executable, "-c", CHILD, os.path.join(LEDGER, "pids.txt"), mode])
+        while True:
+            time.sleep(1)
+    if mode == "wait":  # until the test says go
+        while not released:
+            time.sleep(0.05)
+            released = os.path.exists(os.path.join(LEDGER, "release"))
+    if mode == "hang":
+        while True:
+            time.sleep(1)
+    if mode == "flood":  # 300 MB to stdout, as fast as it goes
+        chunk = b"y" * ((1 << 20) - 1) + b"\n"
+        for _ in range(300):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+    if mode == "exit1":
+        summary(out, "acc 0.3\n")
+        sys.exit(1)
+    if mode == "crash":
+        raise RuntimeError("crashing before writing a summary")
+    if mode == "finished0":
+        summary(out, "acc 0.4\nfinished 0\n")
+        return
+    if mode == "garbage":
+        summary(out, b"acc \x00\xff\xfe;\"'\x1b[31m\r\nfinished \x00\x01\n\x80\x81\xc3 ;;\n")
+        return
+    if mode == "hugenum":
+        summary(out, "acc 0.5\nfinished 1" + "0" * 400 + "\n")
+        return
+    if (mode == "flaky" and not released) or mode == "alwaysfail" \
+            or (mode == "failfirst" and attempt <= 1) or (mode == "failtwice" and attempt <= 2):
+        sys.exit(1)
+    if mode == "unfinfirst" and attempt <= 1:
+        summary(out, "acc 0.1\nfinished 0\n")
+        return
+    if mode == "sleepy":
+        time.sleep(0.5 + (int(num) % 3) * 0.25)
+    # Completion: the summary and the ledger line go together (no SIGTERM in between).
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])
+    summary(out, "acc %s\nfinished 1\n" % (int(num or 0) / 100.0))
+    note("done.txt", "%s %s" % (job, out))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGINT])
+
+
+main()
+'''
+
+KEYWORDS = ["acc", "finished"]
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------
+
+
+def new_project(tmp_path, jobs, name="proj"):
+    project = make_project(tmp_path, script_body=SCRIPT, grid={"job": list(jobs)},
+                           summary_keywords=KEYWORDS, name=name)
+    os.makedirs(ledger_path(project))
+    return project
+
+
+def ledger_path(project, name=""):
+    return os.path.join(project.path, "ledger", name)
+
+
+def ledger(project, name):
+    try:
+        with open(ledger_path(project, name)) as f:
+            return [line.split() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def recorded_pids(project):
+    return [int(parts[0]) for parts in ledger(project, "pids.txt")]
+
+
+def alive(pid):
+    """Whether ``pid`` is a live process (zombies count as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        if os.path.isdir("/proc/self"):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def journal_entries(path):
+    """Every whole JSON line of a journal; the others are counted in ``bad``."""
+    entries, bad = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                bad += 1
+    return entries, bad
+
+
+def final_states(search):
+    states = {}
+    for entry in journal_entries(os.path.join(search, "run_journal.jsonl"))[0]:
+        states[entry["run"]] = entry
+    return states
+
+
+def read_results(search):
+    """``(header, rows)`` of search_results.csv, checking every row has every column."""
+    with open(os.path.join(search, "search_results.csv"), newline="", encoding="utf-8") as f:
+        text = f.read()
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    header = rows[0]
+    for row in rows[1:]:
+        assert len(row) == len(header), (header, row)
+    return header, [dict(zip(header, row)) for row in rows[1:]]
+
+
+def record_runs(search):
+    with open(os.path.join(search, "search_record.json")) as f:
+        return {r["args"]["job"]: r for r in json.load(f)["runs"]}
+
+
+def only_search(project):
+    found = project.searches()
+    assert len(found) == 1, [s.path for s in found]
+    return found[0].path
+
+
+def launch(project, *args):
+    """Start hpsearch in the background; output goes to files (read with ``output()``)."""
+    out = tempfile.TemporaryFile(mode="w+")
+    cmd = [sys.executable, HPSEARCH, "--grid_module=%s" % project.config, "--visible_gpus=-1",
+           "--deterministic_search"] + list(args)
+    proc = subprocess.Popen(cmd, cwd=project.path, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = out
+    return proc
+
+
+def output(proc):
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def finish(proc, timeout):
+    """Wait for the launcher; its exit status, or an assertion with its output."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("hpsearch did not end within %ss:\n%s" % (timeout, output(proc)))
+
+
+def resume(project, search, *args, **kwargs):
+    return run_hpsearch(["--resume", search, "--visible_gpus=-1"] + list(args), project.path,
+                        timeout=kwargs.get("timeout", 90))
+
+
+class OrphanReaper(object):
+    """Reap the processes ``project``'s scripts record, as a reaping init would.
+
+    This process becomes the child subreaper (Linux prctl), so orphans of the search come here
+    and become our zombies; a thread reaps the recorded ones. Without prctl it does nothing.
+    """
+
+    PR_SET_CHILD_SUBREAPER = 36
+
+    def __init__(self, project):
+        self.project = project
+        self.stop = threading.Event()
+        self.active = False
+
+    def _prctl(self, value):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            return libc.prctl(self.PR_SET_CHILD_SUBREAPER, value, 0, 0, 0) == 0
+        except Exception:
+            return False
+
+    def _reap_once(self):
+        for pid in recorded_pids(self.project):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except OSError:  # not (or no longer) our child
+                pass
+
+    def _loop(self):
+        while not self.stop.wait(0.02):
+            self._reap_once()
+
+    def __enter__(self):
+        self.active = self._prctl(1)
+        if self.active:
+            self.thread = threading.Thread(target=self._loop, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            self.stop.set()
+            self.thread.join()
+            self._reap_once()
+            self._prctl(0)
+
+
+def kill_recorded(project):
+    """Teardown: no process of a test may outlive it, whatever happened."""
+    for pid in recorded_pids(project):
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def cleanup():
+    projects = []
+    yield projects.append
+    for project in projects:
+        kill_recorded(project)
+
+
+# ------------------------------------------------------------------------------------------
+# 1. kill -9 of the launcher, then --resume
+# ------------------------------------------------------------------------------------------
+
+
+def test_resume_after_kill_9_of_a_parallel_search(tmp_path, cleanup):
+    jobs = ["sleepy.%d" % i for i in range(12)]
+    project = new_project(tmp_path, jobs)
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project, "--local_jobs=3")
+        try:
+            # Kill right after a run started (its pid line): several runs are mid-sleep.
+            assert wait_for(lambda: len(ledger(project, "done.txt")) >= 3, 60), output(proc)
+            seen = len(ledger(project, "pids.txt"))
+            assert wait_for(lambda: len(ledger(project, "pids.txt")) > seen, 30), output(proc)
+            assert proc.poll() is None, "the search ended before it could be killed"
+        finally:
+            proc.kill()
+            proc.wait()
+        search = only_search(project)
+        folders_at_kill = sorted(n for n in os.listdir(search) if n.startswith("sim_"))
+        done_at_kill = len(ledger(project, "done.txt"))
+        assert 3 <= done_at_kill < len(jobs)
+
+        rc, out, err = resume(project, search, "--local_jobs=3")
+        assert rc == 0, out + err
+        assert "resuming" in out
+        # Leftovers of the killed launcher are gone.
+        assert wait_for(lambda: not any(alive(p) for p in recorded_pids(project)), 10), \
+            [p for p in recorded_pids(project) if alive(p)]
+
+    done = [parts[0] for parts in ledger(project, "done.txt")]
+    assert sorted(done) == sorted(jobs), "a configuration completed twice or never: %s" % done
+    # No run folder is lost: each one there at the kill is still there, or renamed aside.
+    for name in folders_at_kill:
+        path = os.path.join(search, name)
+        moved = [n for n in os.listdir(search) if n.startswith(name + "_attempt")]
+        assert os.path.isdir(path) or moved, name
+    runs = record_runs(search)
+    header, rows = read_results(search)
+    assert sorted(r["job"] for r in rows) == sorted(jobs)
+    assert all(r["hpsearch_state"] == "finished" for r in rows), rows
+    for job, run in runs.items():
+        summary = hpsearch.read_summary_file(
+            os.path.join(run["out_dir"], "performance_overview.txt"), KEYWORDS)
+        assert hpsearch.is_finished(summary), job
+    # The journal agrees with the CSV: a run that finished while no launcher watched it is
+    # recorded as finished by the resume (not left 'running' forever).
+    states = final_states(search)
+    wrong = {job: states.get(run["name"]) for job, run in runs.items()
+             if states.get(run["name"], {}).get("state") != "finished"}
+    assert not wrong, wrong
+
+
+def test_resume_stops_runs_left_over_by_a_killed_launcher(tmp_path, cleanup):
+    project = new_project(tmp_path, ["hold.1", "hold.2"])
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project, "--local_jobs=2")
+        try:  # each run: the script, its child and a grandchild (sleep 300)
+            assert wait_for(lambda: len(ledger(project, "pids.txt")) >= 6, 60), output(proc)
+        finally:
+            proc.kill()
+            proc.wait()
+        leftovers = recorded_pids(project)
+        assert all(alive(p) for p in leftovers)
+        search = only_search(project)
+        write_file(ledger_path(project, "release"), "")
+
+        rc, out, err = resume(project, search, "--local_jobs=2")
+        assert rc == 0, out + err
+        assert "left over" in out
+        assert wait_for(lambda: not any(alive(p) for p in leftovers), 10), \
+            [p for p in leftovers if alive(p)]
+    runs = record_runs(search)
+    for job, run in runs.items():
+        assert os.path.isdir(run["out_dir"] + "_attempt1"), os.listdir(search)
+        assert final_states(search)[run["name"]]["state"] == "finished"
+    assert sorted(p[0] for p in ledger(project, "done.txt")) == ["hold.1", "hold.2"]
+    assert len(read_results(search)[1]) == 2
+
+
+def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path, cleanup):
+    project = new_project(tmp_path, ["wait.1", "ok.2"])
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project)
+        try:
+            assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
+        finally:
+            proc.kill()
+            proc.wait()
+        search = only_search(project)
+        write_file(ledger_path(project, "release"), "")  # the orphaned run completes
+        assert wait_for(lambda: ledger(project, "done.txt"), 30)
+        assert wait_for(lambda: not any(alive(p) for p in recorded_pids(project)), 10)
+        rc, out, err = resume(project, search)
+        assert rc == 0, out + err
+    assert sorted(p[0] for p in ledger(project, "done.txt")) == ["ok.2", "wait.1"]
+    rows = read_results(search)[1]
+    assert sorted((r["job"], r["hpsearch_state"]) for r in rows) == [
+        ("ok.2", "finished"), ("wait.1", "finished")]
+    runs = record_runs(search)
+    states = final_states(search)
+    # The journal agrees with the CSV (hpsearch_postprocessing reads the journal): not
+    # 'running' forever for the run that finished while no launcher watched it.
+    assert states[runs["wait.1"]["name"]]["state"] == "finished", states[runs["wait.1"]["name"]]
+    assert states[runs["ok.2"]["name"]]["state"] == "finished"
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Ctrl-C and SIGTERM
+# ------------------------------------------------------------------------------------------
+
+
+def _stop_with(tmp_path, cleanup, sig, jobs, local_jobs):
+    project = new_project(tmp_path, jobs)
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project, "--local_jobs=%d" % local_jobs)
+        want = 3 * min(local_jobs, len(jobs))
+        assert wait_for(lambda: len(ledger(project, "pids.txt")) >= want, 60), output(proc)
+        pids = recorded_pids(project)
+        sent = time.time()
+        os.kill(proc.pid, sig)
+        rc = finish(proc, 30)
+        took = time.time() - sent
+        gone = wait_for(lambda: not any(alive(p) for p in pids), 2)
+    return project, proc, rc, took, pids, gone
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_ends_every_process_of_the_search(tmp_path, cleanup, sig):
+    jobs = ["children.1", "children.2", "children.3"]
+    project, proc, rc, took, pids, gone = _stop_with(tmp_path, cleanup, sig, jobs, 2)
+    out = output(proc)
+    assert took < 10, "the launcher took %.1fs to stop:\n%s" % (took, out)
+    assert gone, "processes survived: %s" % [p for p in pids if alive(p)]
+    assert rc != 0
+    search = only_search(project)
+    assert "--resume" in out and search in out, out
+    runs = record_runs(search)
+    states = final_states(search)
+    started = [job for job in jobs if runs[job]["name"] in states]
+    assert len(started) == 2, states
+    for job in started:
+        assert states[runs[job]["name"]]["state"] == "killed", states[runs[job]["name"]]
+    header, rows = read_results(search)
+    assert sorted(r["job"] for r in rows) == sorted(started)
+    assert all(r["hpsearch_state"] == "killed" for r in rows)
+
+
+def test_second_ctrl_c_kills_at_once(tmp_path, cleanup):
+    project = new_project(tmp_path, ["stubborn.1"])  # ignores SIGTERM, and so do its children
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project)
+        assert wait_for(lambda: len(ledger(project, "pids.txt")) >= 3, 60), output(proc)
+        pids = recorded_pids(project)
+        first = time.time()
+        os.kill(proc.pid, signal.SIGINT)
+        # The run got its SIGTERM (and ignored it): the launcher is in its 5 s grace now.
+        assert wait_for(lambda: ledger(project, "terms.txt"), 10), output(proc)
+        second = time.time()
+        os.kill(proc.pid, signal.SIGINT)
+        rc = finish(proc, 30)
+        ended = time.time()
+        gone = wait_for(lambda: not any(alive(p) for p in pids), 2)
+    out = output(proc)
+    assert ended - second < 2.5 and ended - first < 4.5, (
+        "exited %.1fs after the second Ctrl-C, %.1fs after the first\n%s"
+        % (ended - second, ended - first, out))
+    assert gone, "processes survived: %s" % [p for p in pids if alive(p)]
+    assert rc != 0
+    search = only_search(project)
+    assert "--resume" in out
+    run = record_runs(search)["stubborn.1"]
+    assert final_states(search)[run["name"]]["state"] == "killed"
+
+
+# ------------------------------------------------------------------------------------------
+# 3. --max_retries
+# ------------------------------------------------------------------------------------------
+
+
+def test_max_retries_keeps_every_attempt(tmp_path):
+    jobs = ["failfirst.1", "failtwice.2", "unfinfirst.3", "alwaysfail.4", "ok.5"]
+    project = new_project(tmp_path, jobs)
+    rc, out, err = project.hpsearch("--max_retries=2", "--local_jobs=2", timeout=90)
+    assert rc == 0, out + err
+    search = only_search(project)
+    runs = record_runs(search)
+    header, rows = read_results(search)
+    by_job = {r["job"]: r for r in rows}
+    assert sorted(by_job) == sorted(jobs) and len(rows) == len(jobs)
+    expect = {"failfirst.1": ("finished", 2), "failtwice.2": ("finished", 3),
+              "unfinfirst.3": ("finished", 2), "alwaysfail.4": ("failed", 3), "ok.5": ("finished", 1)}
+    entries = journal_entries(os.path.join(search, "run_journal.jsonl"))[0]
+    for job, (state, attempts) in expect.items():
+        run = runs[job]
+        assert by_job[job]["hpsearch_state"] == state, by_job[job]
+        assert len(ledger(project, "attempts_" + job)) == attempts, job
+        ended = [e for e in entries if e["run"] == run["name"] and e["state"] != "running"]
+        assert [e["attempt"] for e in ended] == list(range(1, attempts + 1)), ended
+        assert ended[-1]["state"] == state
+        # Every earlier attempt's folder is kept, with its logs; the last one is the run folder.
+        for k in range(1, attempts):
+            kept = run["out_dir"] + "_attempt%d" % k
+            assert os.path.isdir(kept), (job, sorted(os.listdir(search)))
+            logs = os.listdir(kept)
+            assert "job_%s.out" % run["name"] in logs and "job_%s.err" % run["name"] in logs, logs
+        assert not os.path.exists(run["out_dir"] + "_attempt%d" % attempts)
+        assert os.path.isdir(run["out_dir"])
+    assert by_job["alwaysfail.4"]["hpsearch_exit_code"] == "1"
+
+
+# ------------------------------------------------------------------------------------------
+# 4. Runs that never end or flood their output
+# ------------------------------------------------------------------------------------------
+
+
+def test_run_timeout_kills_a_hanging_run_and_goes_on(tmp_path, cleanup):
+    project = new_project(tmp_path, ["hang.1", "ok.2", "ok.3"])
+    cleanup(project)
+    started = time.time()
+    rc, out, err = project.hpsearch("--run_timeout=1", "--deterministic_search", timeout=60)
+    assert rc == 0, out + err
+    assert time.time() - started < 30
+    search = only_search(project)
+    runs = record_runs(search)
+    states = final_states(search)
+    hang = states[runs["hang.1"]["name"]]
+    assert hang["state"] == "killed", hang
+    assert "run_timeout" in hang.get("reason", ""), hang
+    assert states[runs["ok.2"]["name"]]["state"] == "finished"
+    assert states[runs["ok.3"]["name"]]["state"] == "finished"
+    by_job = {r["job"]: r for r in read_results(search)[1]}
+    assert by_job["hang.1"]["hpsearch_state"] == "killed"
+    assert "killed" in out and "run_timeout" in out
+    assert wait_for(lambda: not any(alive(p) for p in recorded_pids(project)), 5)
+
+
+def test_a_run_flooding_stdout_does_not_stall_the_launcher(tmp_path):
+    free = shutil.disk_usage(str(tmp_path)).free
+    if free < 2 * 1024 ** 3:
+        pytest.skip("needs 2 GB free for 300 MB of test output")
+    project = new_project(tmp_path, ["flood.1", "ok.2"])
+    log = None
+    try:
+        rc, out, err = project.hpsearch("--local_jobs=2", timeout=120)
+        assert rc == 0, out + err
+        search = only_search(project)
+        run = record_runs(search)["flood.1"]
+        log = os.path.join(run["out_dir"], "job_%s.out" % run["name"])
+        size = os.path.getsize(log)
+        assert size >= 300 * 1024 ** 2, size
+        with open(log, "rb") as f:
+            assert f.readline().startswith(b"started flood.1")
+        states = final_states(search)
+        assert {s["state"] for s in states.values()} == {"finished"}
+        assert len(read_results(search)[1]) == 2
+    finally:  # 300 MB of test data: never leave it behind
+        for root, _, files in os.walk(project.path):
+            for name in files:
+                if name.endswith(".out"):
+                    os.remove(os.path.join(root, name))
+
+
+# ------------------------------------------------------------------------------------------
+# 5. Two searches at once
+# ------------------------------------------------------------------------------------------
+
+
+def test_two_searches_at_once_into_one_out_dir(tmp_path):
+    project = new_project(tmp_path, ["ok.1", "ok.2"])
+    shared = os.path.join(str(tmp_path), "shared_out")
+    procs = [launch(project, "--out_dir=%s" % shared) for _ in range(2)]
+    for p in procs:
+        assert finish(p, 90) == 0, output(p)
+    searches = sorted(os.path.join(shared, d) for d in os.listdir(shared))
+    assert len(searches) == 2, searches
+    for search in searches:
+        rows = read_results(search)[1]
+        assert sorted(r["job"] for r in rows) == ["ok.1", "ok.2"]
+        assert all(r["hpsearch_state"] == "finished" for r in rows)
+        assert all(r["out_dir"].startswith(search + os.sep) for r in rows)
+    assert sorted(p[0] for p in ledger(project, "done.txt")) == ["ok.1", "ok.1", "ok.2", "ok.2"]
+
+
+# ------------------------------------------------------------------------------------------
+# 6. --resume: changed config, a folder that is no search, nothing left to do, --dry_run
+# ------------------------------------------------------------------------------------------
+
+
+def test_resume_uses_the_searchs_own_config_and_warns_if_it_changed(tmp_path):
+    project = new_project(tmp_path, ["ok.1", "flaky.2"])
+    rc, out, err = project.hpsearch()
+    assert rc == 0, out + err
+    search = only_search(project)
+    runs = record_runs(search)
+    assert final_states(search)[runs["flaky.2"]["name"]]["state"] == "failed"
+    # The config changes (a new value, a script that does not exist): the search keeps its own.
+    project.write_config({"job": ["ok.1", "flaky.2", "ok.99"]}, summary_keywords=KEYWORDS,
+                         script_name="gone.py")
+    write_file(ledger_path(project, "release"), "")
+    rc, out, err = resume(project, search)
+    assert rc == 0, out + err
+    assert "changed" in err and os.path.basename(project.config) in err, err
+    assert sorted(p[0] for p in ledger(project, "done.txt")) == ["flaky.2", "ok.1"]
+    rows = read_results(search)[1]
+    assert sorted(r["job"] for r in rows) == ["flaky.2", "ok.1"]
+    assert all(r["hpsearch_state"] == "finished" for r in rows)
+    assert os.path.isdir(runs["flaky.2"]["out_dir"] + "_attempt1")
+
+
+def test_resume_of_a_finished_search_runs_nothing(tmp_path):
+    project = new_project(tmp_path, ["ok.1", "ok.2"])
+    rc, out, err = project.hpsearch()
+    assert rc == 0, out + err
+    search = only_search(project)
+    before = tree(search)
+    with open(os.path.join(search, "run_journal.jsonl")) as f:
+        journal = f.read()
+    rc, out, err = resume(project, search)
+    assert rc == 0, out + err
+    assert len(ledger(project, "pids.txt")) == 2, "a finished run was started again"
+    assert tree(search) == before
+    with open(os.path.join(search, "run_journal.jsonl")) as f:
+        assert f.read() == journal
+    rows = read_results(search)[1]
+    assert sorted(r["job"] for r in rows) == ["ok.1", "ok.2"]
+    assert all(r["hpsearch_state"] == "finished" for r in rows)
+
+
+def _one_error_line(rc, out, err):
+    assert rc == 2, (rc, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpsearch: error:"), err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("content", ["empty", "garbage_record", "record_without_runs"])
+def test_resume_of_a_folder_that_is_no_search(tmp_path, content):
+    project = new_project(tmp_path, ["ok.1"])
+    folder = os.path.join(str(tmp_path), "not_a_search")
+    os.makedirs(folder)
+    if content == "garbage_record":
+        write_file(os.path.join(folder, "search_record.json"), '{"runs": [{"name": "x"')
+    elif content == "record_without_runs":
+        write_file(os.path.join(folder, "search_record.json"), '{"format": "x"}')
+    before = tree(folder)
+    rc, out, err = resume(project, folder)
+    _one_error_line(rc, out, err)
+    assert "--resume" in err
+    assert tree(folder) == before
+
+
+def test_resume_with_dry_run_runs_and_writes_nothing(tmp_path):
+    project = new_project(tmp_path, ["ok.1", "flaky.2"])
+    rc, out, err = project.hpsearch()
+    assert rc == 0, out + err
+    search = only_search(project)
+    before = tree(search)
+    with open(os.path.join(search, "run_journal.jsonl")) as f:
+        journal = f.read()
+    rc, out, err = resume(project, search, "--dry_run")
+    assert rc == 0, out + err
+    assert len(ledger(project, "pids.txt")) == 2, "--dry_run started a run:\n" + out
+    assert tree(search) == before
+    with open(os.path.join(search, "run_journal.jsonl")) as f:
+        assert f.read() == journal
+
+
+# ------------------------------------------------------------------------------------------
+# 7. Runs that fail in every way; the CSV stays valid
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory):
+    """One search whose runs fail in every way (run once for the tests below)."""
+    jobs = ["exit1.1", "crash.2", "finished0.3", "garbage.4", "ok.5"]
+    project = new_project(tmp_path_factory.mktemp("failures"), jobs)
+    rc, out, err = project.hpsearch("--local_jobs=2", timeout=90)
+    return project, jobs, rc, out, err
+
+
+def test_every_kind_of_failure_is_recorded_and_the_search_goes_on(failures):
+    project, jobs, rc, out, err = failures
+    assert rc == 0, out + err
+    assert "Traceback" not in out + err
+    search = only_search(project)
+    runs = record_runs(search)
+    expect = {"exit1.1": ("failed", "1"), "crash.2": ("failed", "1"),
+              "finished0.3": ("unfinished", "0"), "garbage.4": ("unfinished", "0"),
+              "ok.5": ("finished", "0")}
+    header, rows = read_results(search)  # every row has every column
+    assert header[-2:] == ["hpsearch_state", "hpsearch_exit_code"]
+    by_job = {r["job"]: r for r in rows}
+    assert sorted(by_job) == sorted(jobs) and len(rows) == len(jobs)
+    states = final_states(search)
+    for job, (state, code) in expect.items():
+        assert by_job[job]["hpsearch_state"] == state, by_job[job]
+        assert by_job[job]["hpsearch_exit_code"] == code, by_job[job]
+        entry = states[runs[job]["name"]]
+        assert entry["state"] == state and str(entry["exit_code"]) == code, entry
+    assert by_job["exit1.1"]["acc"] == "0.3"
+    assert by_job["ok.5"]["acc"] == "0.05"
+
+
+def test_garbage_summary_leaves_no_nul_byte_in_the_csv(failures):
+    """csv.reader before Python 3.11 refuses a NUL ('line contains NUL'; 3.10's writer even
+    raises 'need to escape'): a garbage summary must not make the CSV unreadable there."""
+    project, jobs, rc, out, err = failures
+    with open(os.path.join(only_search(project), "search_results.csv"), "rb") as f:
+        raw = f.read()
+    assert b"\x00" not in raw, [line for line in raw.splitlines() if b"\x00" in line]
+
+
+def test_huge_number_after_finished_is_not_a_crash(tmp_path):
+    """'finished 1000...0' (400 digits) parses as an int too big for float()."""
+    project = new_project(tmp_path, ["hugenum.1", "ok.2"])
+    rc, out, err = project.hpsearch("--deterministic_search")
+    assert rc == 0, out + err
+    assert "Traceback" not in out + err
+    search = only_search(project)
+    by_job = {r["job"]: r for r in read_results(search)[1]}
+    assert by_job["hugenum.1"]["hpsearch_state"] == "unfinished"
+    assert by_job["ok.2"]["hpsearch_state"] == "finished"
+
+
+# ------------------------------------------------------------------------------------------
+# 8. Atomic files
+# ------------------------------------------------------------------------------------------
+
+
+def test_resume_after_a_journal_line_cut_short(tmp_path):
+    project = new_project(tmp_path, ["ok.1", "flaky.2"])
+    rc, out, err = project.hpsearch()
+    assert rc == 0, out + err
+    search = only_search(project)
+    runs = record_runs(search)
+    journal = os.path.join(search, "run_journal.jsonl")
+    whole, bad = journal_entries(journal)
+    assert bad == 0
+    with open(journal, "a") as f:  # a crash in the middle of a write
+        f.write('{"run": "%s", "state": "fini' % runs["ok.1"]["name"])
+    read = hpsearch.SearchFolder(search).read_journal()
+    assert sum(len(v) for v in read.values()) == len(whole)
+    assert read[runs["ok.1"]["name"]][-1]["state"] == "finished"
+
+    write_file(ledger_path(project, "release"), "")
+    rc, out, err = resume(project, search)
+    assert rc == 0, out + err
+    assert sorted(p[0] for p in ledger(project, "done.txt")) == ["flaky.2", "ok.1"]
+    entries, bad = journal_entries(journal)
+    assert bad == 1, "only the line cut short may be unreadable"
+    flaky = [e for e in entries if e["run"] == runs["flaky.2"]["name"]]
+    # The resumed launcher's entries are whole lines: 'running' (with the pid a later resume
+    # needs to stop a leftover) and 'finished', both of attempt 2.
+    assert [(e["state"], e["attempt"]) for e in flaky] == [
+        ("running", 1), ("failed", 1), ("running", 2), ("finished", 2)], flaky
+    assert all(r["hpsearch_state"] == "finished" for r in read_results(search)[1])
+
+
+def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
+    path = str(tmp_path / "search_record.json")
+    hpsearch.atomic_write_text(path, '{"old": true}\n')
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device", dst)
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        hpsearch.atomic_write_text(path, '{"new": ' + "x" * 100000)
+    monkeypatch.undo()
+    with open(path) as f:
+        assert json.load(f) == {"old": True}
+
+
+def test_failed_rewrite_leaves_record_and_results_intact(tmp_path, monkeypatch, capsys):
+    project = new_project(tmp_path, ["ok.1", "flaky.2"])
+    rc, out, err = project.hpsearch()
+    assert rc == 0, out + err
+    search = only_search(project)
+    files = {}
+    for name in ("search_record.json", "search_results.csv", "run_journal.jsonl"):
+        with open(os.path.join(search, name), "rb") as f:
+            files[name] = f.read()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device", dst)
+
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    monkeypatch.setattr(os, "replace", broken_replace)
+    monkeypatch.chdir(project.path)
+    try:
+        rc = hpsearch.main(["--resume", search, "--visible_gpus=-1"])
+    finally:
+        monkeypatch.undo()
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            del sys.modules[name]
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    assert captured.err.startswith("hpsearch: error:") and len(captured.err.splitlines()) == 1
+    for name, content in files.items():
+        with open(os.path.join(search, name), "rb") as f:
+            assert f.read() == content, name
+    assert len(ledger(project, "pids.txt")) == 2, "a run started although the CSV was not made"
