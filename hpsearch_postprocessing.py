@@ -285,8 +285,9 @@ def search_from_record(folder, args):
                              "'out_dir')" % (folder.record, i))
     arg_keys = record.get("arg_keys") or keys_in_order(r.args for r in runs)
     journal = read_journal(folder)
+    local = not record.get("scheduler")  # job ids are process ids: their end can be seen
     for run in runs:
-        survey_run(run, config, folder.path, journal.get(run.name) or [])
+        survey_run(run, config, folder.path, journal.get(run.name) or [], local)
     return SearchView(folder.path, "hpsearch", config, arg_keys, runs, run_cwd)
 
 
@@ -397,9 +398,10 @@ def process_gone(entry):
     return process_start_time(pid) != start
 
 
-def survey_run(run, config, search_path, entries):
+def survey_run(run, config, search_path, entries, local=False):
     """Set the run's state, exit code, summary and notes from its journal entries (hpsearch)
-    and its folder; never raises for anything a run left behind."""
+    and its folder; never raises for anything a run left behind. ``local``: the search ran
+    here, so a running run whose process is gone can be told."""
     last = entries[-1] if entries else {}
     logged = last.get("state")
     if logged in (FINISHED, UNFINISHED, FAILED, KILLED):
@@ -417,7 +419,7 @@ def survey_run(run, config, search_path, entries):
         problem = ""
     if logged == RUNNING:
         run.state = RUNNING
-        if process_gone(last):
+        if local and process_gone(last):
             run.notes.append("its process is gone (launcher stopped? hpsearch.py --resume)")
     elif logged in (FAILED, KILLED):
         run.state = logged
@@ -429,7 +431,7 @@ def survey_run(run, config, search_path, entries):
         run.state = FINISHED if is_finished(run.summary) else UNFINISHED
         if run.state == UNFINISHED and not problem:
             problem = "no 'finished 1' in summary"
-    if problem and run.state != FINISHED:
+    if problem and run.state not in (FINISHED, RUNNING):  # a running run is not done yet
         run.notes.append(problem)
 
 
@@ -706,7 +708,8 @@ def rerun_lines(runs):
 
 def exit_codes(runs):
     codes = collections.Counter(r.exit_code for r in runs if r.state in (FAILED, KILLED))
-    return ", ".join("exit %s: %d" % (c, n) for c, n in sorted(codes.items(), key=str))
+    order = sorted(codes.items(), key=lambda cn: value_order(cn[0]))
+    return ", ".join("exit %s: %d" % (c, n) for c, n in order)
 
 
 def print_report(view, ranked, k, out=None):
@@ -890,10 +893,11 @@ def scatter_svg(key, plotted, perf_key, titles):
     xs = [r.args.get(key, ABSENT) for r, _ in plotted]
     x_scale = Scale(xs, box[0], box[2])
     y_scale = Scale([y for _, y in plotted], box[3], box[1], discrete=False)
-    parts = ['<svg width="%d" height="%d" class="plot">'
-             % (width, height)]
+    parts = ['<svg width="%d" height="%d" class="plot">' % (width, height)]
     parts += svg_axes(x_scale, y_scale, box, key, perf_key)
-    for i, (run, y) in enumerate(plotted):
+    order = sorted(range(len(plotted)), key=lambda i: plotted[i][0].state != FINISHED)
+    for i in order:  # finished runs first, so that the others are drawn on top
+        run, y = plotted[i]
         cx = x_scale(xs[i], jitter(run.index))
         title = ("<title>%s: %s=%s, %s=%s</title>" % (esc(run.name), esc(key), esc(xs[i]),
                                                       esc(perf_key), "%.6g" % y)
@@ -914,8 +918,7 @@ def parallel_svg(keys, best, perf_key):
     columns.append([perf_value(r, perf_key) for r in best])
     scales = [Scale(col, bottom, top) for col in columns[:-1]]
     scales.append(Scale(columns[-1], bottom, top, discrete=False))
-    parts = ['<svg width="%d" height="%d" class="plot">'
-             % (width, height)]
+    parts = ['<svg width="%d" height="%d" class="plot">' % (width, height)]
     for i, run in reversed(list(enumerate(best))):  # the best run drawn last, on top
         shade = 0.15 + 0.7 * i / max(1, len(best) - 1)
         points = " ".join("%.1f,%.1f" % (left + j * step, scales[j](columns[j][i]))
@@ -940,8 +943,7 @@ def status_svg(counts):
     """One bar per state."""
     width, row = 560, 24
     most = max([n for _, n in counts] + [1])
-    parts = ['<svg width="%d" height="%d" class="plot">'
-             % (width, row * len(counts) + 8)]
+    parts = ['<svg width="%d" height="%d" class="plot">' % (width, row * len(counts) + 8)]
     for i, (state, n) in enumerate(counts):
         y = 4 + i * row
         parts.append('<text x="200" y="%d" class="tl" text-anchor="end">%s</text>'
@@ -1050,6 +1052,14 @@ def main(argv=None):
     except UsageError as exc:
         sys.stderr.write("%s: error: %s\n" % (PROG, exc))
         return 2
+    except OSError as exc:  # e.g. a read-only search folder
+        sys.stderr.write("%s: error: %s: %s\n" % (PROG, exc.filename or "", exc.strerror or exc))
+        return 1
+
+
+def wrote(path, earlier, what=""):
+    return "wrote %s%s%s" % (path, what, " (the earlier one is now %s)"
+                             % os.path.basename(earlier) if earlier else "")
 
 
 def _main(argv):
@@ -1071,23 +1081,17 @@ def _main(argv):
         for run, error in errors:
             warn("_PERFORMANCE_EVAL_HANDLE failed on %s (kept): %s" % (run.name, error))
     ranked = sort_runs(view)
-    path, earlier = write_results(view, ranked)
-    notices.append("wrote %s%s" % (path, " (the earlier one is now %s)"
-                                   % os.path.basename(earlier) if earlier else ""))
+    notices.append(wrote(*write_results(view, ranked)))
     if args.seed_key in view.arg_keys:
         seeds = SeedTable(view, args.seed_key)
         earlier = seeds.write(view.file(SEEDS_NAME))
-        notices.append("wrote %s: %d groups of runs that differ only in --%s%s"
-                       % (view.file(SEEDS_NAME), len(seeds.rows), args.seed_key,
-                          " (the earlier one is now %s)" % os.path.basename(earlier)
-                          if earlier else ""))
+        notices.append(wrote(view.file(SEEDS_NAME), earlier, ": %d groups of runs that differ "
+                             "only in --%s" % (len(seeds.rows), args.seed_key)))
     else:
         notices.append("no argument %r in this search (see --seed_key): no %s"
                        % (args.seed_key, SEEDS_NAME))
     if args.html:
-        report, earlier = write_report(view, ranked, args.top)
-        notices.append("wrote %s%s" % (report, " (the earlier one is now %s)"
-                                       % os.path.basename(earlier) if earlier else ""))
+        notices.append(wrote(*write_report(view, ranked, args.top)))
     print_report(view, ranked, args.top)
     print("")
     print("\n".join(notices))

@@ -11,8 +11,10 @@ exit), side by side in the same run, 3 times, alternating which goes first; the 
 
 (a) 200 configs sleeping 0.2 s on 2 fake GPUs (tests/fake_bin/nvidia-smi, state file in
     $FAKE_NVIDIA_SMI_STATE): ``hpsearch.py --visible_gpus=0,1 --max_num_jobs_per_gpu=2
-    --sim_startup_time=0 --allowed_memory=1 --allowed_load=1`` vs ``xargs -P 4 -L 1 PYTHON
-    SCRIPT`` fed the rest of each command line (no shell in between, as hpsearch).
+    --sim_startup_time=0 --allowed_memory=1 --allowed_load=1`` vs ``xargs -P 4 -L 1 [setsid]
+    PYTHON SCRIPT`` fed the rest of each command line (no shell in between, as hpsearch;
+    setsid, when present, puts each run in its own session as hpsearch does, which matters for
+    CPU shares under autogroup scheduling on a busy machine).
     Target: hpsearch wall <= 1.10x xargs wall.
 (b) 100 configs that exit at once, ``--visible_gpus=-1`` (one after another) vs ``sh FILE``
     running the same commands one after another. Target: <= 1.10x.
@@ -47,6 +49,7 @@ HPSEARCH = os.path.join(ROOT, "hpsearch.py")
 TRAIN = os.path.join(HERE, "sleep_train.py")
 FAKE_BIN = os.path.join(ROOT, "tests", "fake_bin")
 REPEATS = 3
+SETSID = shutil.which("setsid")
 
 TARGET_RATIO = 1.10
 TARGET_MEMORY_MB = 100.0
@@ -156,8 +159,12 @@ def run_xargs(cmd_file, env):
     args_file = cmd_file + ".args"
     with open(args_file, "w") as f:
         f.write("".join(r + "\n" for r in rest))
+    # hpsearch starts each run in its own session; with the kernel's autogroup scheduling that
+    # also gives each run its own CPU share against other work on the machine. setsid(1) does
+    # the same for xargs' runs (it execs in place: no extra process stays around).
+    setsid = [SETSID] if SETSID else []
     with open(args_file) as stdin:
-        return timed(["xargs", "-P", "4", "-L", "1"] + prefix, env=env, stdin=stdin)
+        return timed(["xargs", "-P", "4", "-L", "1"] + setsid + prefix, env=env, stdin=stdin)
 
 
 def run_sh(cmd_file, env):
@@ -264,6 +271,11 @@ def main():
     print("%-52s %10.2f %10.2f %7.3f   hp %s | sh %s" % (
         "(b) 100 x exit at once, sequential vs sh loop", med(b_hp), med(b_sh), ratio_b,
         fmt(b_hp), fmt(b_sh)))
+    print("pairwise ratios (hpsearch/plain, same repetition): (a) %s; (b) %s" % (
+        " ".join("%.3f" % (h / x) for h, x in zip(a_hp, a_x)),
+        " ".join("%.3f" % (h / x) for h, x in zip(b_hp, b_sh))))
+    print("(a) xargs runs each command %s" % ("under setsid (own session, as hpsearch)"
+                                              if SETSID else "without setsid (not found)"))
     print("(a) ideal: 200 x 0.2 s / 4 = 10.0 s; per-run overhead over ideal: hpsearch %.1f ms, "
           "xargs %.1f ms" % ((med(a_hp) - 10.0) / 50 * 1000, (med(a_x) - 10.0) / 50 * 1000))
     print("(b) per run: hpsearch %.1f ms, sh %.1f ms" % (med(b_hp) / 100 * 1000,

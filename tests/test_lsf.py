@@ -15,7 +15,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import make_project, read_csv  # noqa: E402
+from conftest import make_project  # noqa: E402
 import lsf_helpers as lh  # noqa: E402
 
 CLUSTER = ("--run_cluster", "--scheduler=lsf", "--poll_interval=0.5")
@@ -245,7 +245,7 @@ def test_bsub_failing_always_fails_that_run_only(tmp_path, lsf):
 
 
 def test_one_bjobs_call_per_poll_cycle_for_all_jobs(tmp_path, lsf):
-    project = project_for(tmp_path, {"acc": [0.1, 0.2, 0.3, 0.4], "sleep": [1.0]})
+    project = project_for(tmp_path, {"acc": [0.1, 0.2, 0.3, 0.4], "sleep": [1.5]})
     ok(search(project, lsf))
     ids = submitted_ids(lsf)
     assert len(ids) == 4
@@ -253,11 +253,19 @@ def test_one_bjobs_call_per_poll_cycle_for_all_jobs(tmp_path, lsf):
     assert bjobs, "the queue was never asked"
     first_submit = min(c["time"] for c in lsf.calls("bsub"))
     span = bjobs[-1]["time"] - first_submit
-    # one call per --poll_interval=0.5 at most (plus slack), never one per job
+    # one call per --poll_interval=0.5 at most, never one per job
     assert len(bjobs) <= span / 0.5 + 2, (len(bjobs), span)
-    # the first poll (all four still running) asks about all of them in one call
-    first_ids = [a for a in bjobs[0]["argv"] if a.isdigit()]
-    assert sorted(first_ids) == sorted(ids)
+    # each call asks about exactly the jobs going at that moment: submitted (journal
+    # 'running') before it, ended after it (hpsearch writes no journal line during a call)
+    journal = project.search().journal()
+    spans = {}
+    for entry in journal:
+        spans.setdefault(entry["run"], {})[entry["state"] == "running"] = entry
+    going = [(e[True]["time"], e[False]["time"], e[True]["job_id"]) for e in spans.values()]
+    assert any(len([a for a in c["argv"] if a.isdigit()]) > 1 for c in bjobs)
+    for call in bjobs:
+        asked = sorted(a for a in call["argv"] if a.isdigit())
+        assert asked == sorted(j for start, end, j in going if start < call["time"] < end)
     for call in bjobs:
         assert call["argv"][:4] == ["-a", "-noheader", "-o",
                                     "jobid jobindex stat exit_code exit_reason "

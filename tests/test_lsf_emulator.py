@@ -168,10 +168,12 @@ def test_bkill_escalates_to_sigkill_for_jobs_that_ignore_sigint(lsf):
 
 
 def test_dependency_waits_for_done(lsf):
-    first = submit(lsf, "-o", "dep.log", "sleep 0.6; echo first")
+    first = submit(lsf, "-o", "dep.log", "while [ ! -e go ]; do sleep 0.05; done; echo first")
     second = submit(lsf, "-w", "done(%s)" % first, "-o", "dep.log", "echo second")
     lsf.wait_for(lambda: lsf.elements()[first]["stat"] == "RUN", what="RUN")
+    time.sleep(0.3)
     assert lsf.elements()[second]["stat"] == "PEND"
+    open(os.path.join(lsf.dir, "go"), "w").close()
     lsf.wait_all_finished()
     with open(os.path.join(lsf.dir, "dep.log")) as f:
         text = f.read()

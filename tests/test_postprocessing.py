@@ -209,6 +209,11 @@ def test_real_search_counts_table_seeds_and_rerun_commands(tmp_path):
         ["finished"] * 2
     assert {r["hpsearch_exit_code"] for r in rows if r["hpsearch_state"] == "failed"} == {"1"}
     assert sorted(by_run) == sorted(r["name"] for r in search.runs())
+    # Row for row what hpsearch itself wrote into search_results.csv.
+    with open(search.file("search_results.csv")) as f:
+        theirs = sorted(f.read().splitlines()[1:])
+    with open(search.file("postprocessing_results.csv")) as f:
+        assert sorted(f.read().splitlines()[1:]) == theirs
 
     # The failed runs, as commands that re-run exactly what hpsearch ran.
     argv = {r["name"]: r["argv"] for r in search.runs()}
@@ -434,6 +439,7 @@ def test_criteria_leaves_running_and_summaryless_runs_alone(tmp_path):
         {"args": {"lr": 0.3}, "summary": "acc 0.1\n", "journal": [("running", None)]},
         {"args": {"lr": 0.4}, "summary": None, "journal": [("failed", 1)]},  # not judged
         {"args": {"lr": 0.5}, "summary": summary(0.2), "journal": [("failed", 2)]},  # moved
+        {"args": {"lr": 0.6}, "summary": "loss 1\nfinished 1\n"},  # the handle raises: kept
     ]
     path = synth_search(tmp_path, runs, extra=HANDLE)
     os.makedirs(os.path.join(path, "TO_BE_DELETED", run_name(1)))  # a name already taken
@@ -441,9 +447,11 @@ def test_criteria_leaves_running_and_summaryless_runs_alone(tmp_path):
     assert rc == 0, (out, err)
     trash = os.path.join(path, "TO_BE_DELETED")
     assert sorted(os.listdir(trash)) == [run_name(1), run_name(1) + "_2", run_name(5)]
-    for k in (2, 3, 4):
+    for k in (2, 3, 4, 6):
         assert os.path.isdir(os.path.join(path, run_name(k)))
     assert "kept 1 run folder(s) without a readable summary" in out
+    assert re.search(r"warning: _PERFORMANCE_EVAL_HANDLE failed on %s \(kept\): KeyError"
+                     % run_name(6), err), err
 
 
 def test_seed_groups_n_mean_std_and_order(tmp_path):

@@ -89,6 +89,8 @@ def main():
     if mode == "stubborn":
         signal.signal(signal.SIGTERM,
                       lambda s, f: note("terms.txt", "%d %s" % (os.getpid(), job)))
+    if mode == "graceful":  # as many frameworks do: exit cleanly (status 1) on SIGTERM
+        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(1))
     if os.path.exists(out):  # as hypnettorch scripts: never reuse a folder
         sys.stderr.write("refusing to overwrite existing %s\n" % out)
         sys.exit(3)
@@ -98,8 +100,13 @@ def main():
     print("started %s attempt %d" % (job, attempt))
     sys.stdout.flush()
     released = os.path.exists(os.path.join(LEDGER, "release"))
-    if mode in ("children", "stubborn") or (mode == "hold" and not released):
-        subprocess.Popen([sys.executable, "-c", CHILD, os.path.join(LEDGER, "pids.txt"), mode])
+    if mode in ("children", "stubborn", "stubkids") or (mode == "hold" and not released):
+        # stubkids: the run itself dies on SIGTERM, its child and grandchild ignore it
+        subprocess.Popen([sys.executable, "-c", CHILD, os.path.join(LEDGER, "pids.txt"),
+                          "stubborn" if mode == "stubkids" else mode])
+        while True:
+            time.sleep(1)
+    if mode == "graceful":
         while True:
             time.sleep(1)
     if mode == "wait":  # until the test says go
@@ -245,11 +252,16 @@ def only_search(project):
     return found[0].path
 
 
-def launch(project, *args):
-    """Start hpsearch in the background; output goes to files (read with ``output()``)."""
+def launch(project, *args, **kwargs):
+    """Start hpsearch in the background; output goes to a file (read with ``output()``).
+    ``resume=SEARCH`` continues that search instead of starting one."""
     out = tempfile.TemporaryFile(mode="w+")
-    cmd = [sys.executable, HPSEARCH, "--grid_module=%s" % project.config, "--visible_gpus=-1",
-           "--deterministic_search"] + list(args)
+    if kwargs.get("resume"):
+        cmd = [sys.executable, HPSEARCH, "--resume", kwargs["resume"], "--visible_gpus=-1"]
+    else:
+        cmd = [sys.executable, HPSEARCH, "--grid_module=%s" % project.config,
+               "--visible_gpus=-1", "--deterministic_search"]
+    cmd += list(args)
     proc = subprocess.Popen(cmd, cwd=project.path, stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = out
@@ -453,6 +465,40 @@ def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path, cl
     assert states[runs["ok.2"]["name"]]["state"] == "finished"
 
 
+def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path, cleanup):
+    """A second launcher on a live search would stop its runs and run them a second time."""
+    project = new_project(tmp_path, ["wait.1"])
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project)
+        resumer = None
+        try:
+            assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
+            first = recorded_pids(project)
+            search = only_search(project)
+            resumer = launch(project, resume=search)
+            refused = wait_for(lambda: resumer.poll() is not None, 8)
+            untouched = all(alive(p) for p in first)
+            write_file(ledger_path(project, "release"), "")
+            finish(resumer, 60)
+            assert finish(proc, 60) == 0, output(proc)
+        finally:
+            for p in (proc, resumer):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
+    out = output(resumer)
+    assert refused and resumer.returncode == 2, (
+        "a second launcher ran the live search (exit %s):\n%s" % (resumer.returncode, out))
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpsearch: error:"), out
+    assert untouched, "the resume stopped the live search's run"
+    assert [p[0] for p in ledger(project, "done.txt")] == ["wait.1"]
+    assert [p[0] for p in ledger(project, "pids.txt")] == ["wait.1"]
+    rows = read_results(search)[1]
+    assert [(r["job"], r["hpsearch_state"]) for r in rows] == [("wait.1", "finished")]
+
+
 # ------------------------------------------------------------------------------------------
 # 2. Ctrl-C and SIGTERM
 # ------------------------------------------------------------------------------------------
@@ -523,6 +569,24 @@ def test_second_ctrl_c_kills_at_once(tmp_path, cleanup):
     assert final_states(search)[run["name"]]["state"] == "killed"
 
 
+def test_a_run_that_exits_cleanly_on_sigterm_is_recorded_as_killed(tmp_path, cleanup):
+    """Stopped by hpsearch is 'killed' (as --run_timeout records it), also when the script
+    catches SIGTERM and exits with a status of its own."""
+    project = new_project(tmp_path, ["graceful.1"])
+    cleanup(project)
+    with OrphanReaper(project):
+        proc = launch(project)
+        assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
+        time.sleep(0.3)  # its SIGTERM handler is in place
+        os.kill(proc.pid, signal.SIGINT)
+        assert finish(proc, 30) != 0
+    search = only_search(project)
+    run = record_runs(search)["graceful.1"]
+    entry = final_states(search)[run["name"]]
+    assert entry["state"] == "killed", entry
+    assert [r["hpsearch_state"] for r in read_results(search)[1]] == ["killed"]
+
+
 # ------------------------------------------------------------------------------------------
 # 3. --max_retries
 # ------------------------------------------------------------------------------------------
@@ -583,6 +647,24 @@ def test_run_timeout_kills_a_hanging_run_and_goes_on(tmp_path, cleanup):
     assert by_job["hang.1"]["hpsearch_state"] == "killed"
     assert "killed" in out and "run_timeout" in out
     assert wait_for(lambda: not any(alive(p) for p in recorded_pids(project)), 5)
+
+
+def test_run_timeout_ends_the_whole_process_group(tmp_path, cleanup):
+    """The run dies on SIGTERM, its child and grandchild ignore it: they must not outlive the
+    search (SIGKILL after the grace, as on Ctrl-C)."""
+    project = new_project(tmp_path, ["stubkids.1"])
+    cleanup(project)
+    with OrphanReaper(project):
+        rc, out, err = project.hpsearch("--run_timeout=1", timeout=60)
+        pids = recorded_pids(project)
+        gone = wait_for(lambda: not any(alive(p) for p in pids), 2)
+    assert rc == 0, out + err
+    assert len(pids) == 3, ledger(project, "pids.txt")
+    assert gone, "processes of the timed-out run survived: %s" % [
+        " ".join(line) for line in ledger(project, "pids.txt") if alive(int(line[0]))]
+    search = only_search(project)
+    entry = final_states(search)[record_runs(search)["stubkids.1"]["name"]]
+    assert entry["state"] == "killed" and "run_timeout" in entry.get("reason", ""), entry
 
 
 def test_a_run_flooding_stdout_does_not_stall_the_launcher(tmp_path):

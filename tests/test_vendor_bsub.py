@@ -72,16 +72,20 @@ def test_submit_with_hypnettorch_options(lsf, bsub, tmp_path, capsys):
     assert job.job_id != first and str(job).endswith(" true")
 
 
-def test_running_jobs_poll_and_kill(lsf, bsub):
+def test_running_jobs_poll_and_kill(lsf, bsub, tmp_path):
+    go = str(tmp_path / "go")   # the array's elements wait for this file
     long_job = bsub("long")("sleep 30")
-    array = bsub("arr[1-3]%1")("sleep 0.3")
+    array = bsub("arr[1-3]%1")("while [ ! -e %s ]; do sleep 0.05; done" % go)
     lsf.wait_for(lambda: lsf.elements()[long_job.job_id]["stat"] == "RUN", what="RUN")
     running = bsub.running_jobs()
     assert long_job.job_id in running and array.job_id in running
     assert len(running) == 2
     elements = bsub.running_jobs(elements=True)
-    assert "%s[1]" % array.job_id in elements and long_job.job_id in elements
+    assert sorted(elements) == sorted([long_job.job_id] + ["%s[%d]" % (array.job_id, i)
+                                                           for i in (1, 2, 3)])
     assert bsub.poll(long_job.job_id, interval=0.1, timeout=0.5) is False
+    assert bsub.poll(array.job_id, interval=0.1, timeout=0.3) is False
+    open(go, "w").close()
     assert bsub.poll(array.job_id, interval=0.2, timeout=20) is True
     assert array.job_id not in bsub.running_jobs()
     assert long_job.kill() is True

@@ -26,7 +26,7 @@
 #
 # Settings (environment): SGE_SLOTS (default: nproc), SGE_QUEUE (default: all.q),
 # SGE_UP_TIMEOUT (seconds per wait, default 90), SGE_UP_SKIP_TEST=1 (no smoke job).
-# Facts behind each step: see the comments below and tests/cluster/README.md.
+# Typical times (2 cores): ~25 s with the apt install, ~5 s installed but stopped, ~3 s when up.
 set -euo pipefail
 
 export SGE_ROOT=${SGE_ROOT:-/var/lib/gridengine}

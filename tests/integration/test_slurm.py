@@ -441,13 +441,18 @@ def test_resume_records_a_job_that_ended_while_no_launcher_watched(site):
     assert rc == 0, out
     assert len(site.calls("sbatch")) == 2
     last = last_entries(search)
-    assert last[first]["state"] == "finished" and last[first]["exit_code"] == 0, \
+    assert last[first]["state"] == "finished", \
         "the journal still says %r for %s" % (last[first]["state"], first)
     folder = search.file(first)
-    for kept in ("job_%s.out" % first, "hpsearch_command.sh"):
+    for kept in ("job_%s.out" % first, "hpsearch_command.sh", "hpsearch_exit_status"):
         assert os.path.isfile(os.path.join(folder, kept)), (kept, os.listdir(folder))
     left = [f for f in os.listdir(search.file("jobs")) if f.startswith(first)]
     assert left == [], left
+    # the job wrote its exit status (0) to jobs/<run>.exit: it must be recorded, not null
+    assert last[first]["exit_code"] == 0, last[first]
+    header, rows = search.results()
+    row = [r for r in rows if os.path.basename(r["out_dir"]) == first][0]
+    assert (row["hpsearch_state"], row["hpsearch_exit_code"]) == ("finished", "0"), row
 
 
 def test_gres_gpu_gives_each_job_its_own_gpu(site):

@@ -102,9 +102,7 @@ def write_json_atomic(path, data):
     tmp = "%s.tmp%d" % (path, os.getpid())
     with open(tmp, "w") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    os.rename(tmp, path)   # readers see the old record or the new one, never a part
 
 
 def load_job(job_id):
@@ -619,6 +617,7 @@ def run_job(job_id):
             job = load_job(job_id)
             if job is None:
                 return
+            before = json.dumps(job, sort_keys=True)
             now = time.time()
             els = job["elements"]
             if job.get("runner_pid") != os.getpid():
@@ -677,7 +676,8 @@ def run_job(job_id):
                         running += 1
                     else:
                         deliver_output(job, index, els[str(index)])
-            save_job(job)
+            if json.dumps(job, sort_keys=True) != before:
+                save_job(job)
             waiting = [i for i in element_ids(job) if els[str(i)]["stat"] == "PEND"]
         if not procs and not ending and (not waiting or dep == "never"):
             return   # all ended, or waiting on a dependency that can never be met
