@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from xml.etree import ElementTree
 
 __version__ = "1.0.0"
@@ -77,6 +78,11 @@ def move_aside(path):
         if not os.path.lexists(target):
             os.rename(path, target)
             return target
+
+
+def one_line(text):
+    """Messages are one line, whatever a user's exception or value held."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def warn(message):
@@ -160,11 +166,12 @@ def import_config_module(name_or_path, search_dirs):
         if folder not in sys.path:
             sys.path.insert(0, folder)
         module_name = os.path.splitext(os.path.basename(path))[0]
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
+        module = types.ModuleType(module_name)
+        module.__file__ = path
         sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
+        try:  # from source, never from a cached .pyc that may predate an edit
+            with open(path, "rb") as f:
+                exec(compile(f.read(), path, "exec"), module.__dict__)
         except Exception as exc:  # any error in user code becomes one clear line
             del sys.modules[module_name]
             raise UsageError(_import_error_line(path, exc))
@@ -214,6 +221,27 @@ def load_grid_override(path):
     return data
 
 
+def _check_argument(text, where):
+    """An argument must reach the script as it is: no NUL byte, encodable for the OS."""
+    problem = None
+    if "\0" in text:
+        problem = "holds a NUL character"
+    else:
+        try:
+            text.encode(sys.getfilesystemencoding(), "surrogateescape")
+        except UnicodeEncodeError:
+            problem = "cannot be encoded as a command-line argument"
+    if problem:
+        raise UsageError("%s: %r %s; change that value" % (where, text[:60], problem))
+
+
+def _check_values(where, key, values):
+    for value in values:
+        token = render_token(key, value)
+        if token is not None:
+            _check_argument(token, "%s: %s" % (where, key))
+
+
 def _check_grid(grid, where):
     if not isinstance(grid, dict):
         raise UsageError("%s: 'grid' must be a dict mapping argument names to lists of values, "
@@ -227,6 +255,7 @@ def _check_grid(grid, where):
         if not isinstance(values, (list, tuple)) or len(values) == 0:
             raise UsageError("%s: grid[%r] must be a non-empty list of values, not %r"
                              % (where, key, values))
+        _check_values(where, key, values)
 
 
 def _check_conditions(conditions, where):
@@ -244,6 +273,8 @@ def _check_conditions(conditions, where):
                         or (part_name == "action" and len(values) == 0):
                     raise UsageError("%s: conditions[%d] %s: %r must map to a non-empty list "
                                      "of values" % (where, i, part_name, key))
+                if part_name == "action":
+                    _check_values(where, key, values)
 
 
 def _script_path(script_name, run_cwd):
@@ -282,6 +313,12 @@ def build_config(module, source, override, run_cwd, check_script=True):
     if not settings["_SCRIPT_NAME"] or not isinstance(settings["_SCRIPT_NAME"], str):
         raise UsageError("%s: _SCRIPT_NAME is missing (set it to your training script, e.g. "
                          "_SCRIPT_NAME = 'train.py')" % where)
+    _check_argument(settings["_SCRIPT_NAME"], "%s: _SCRIPT_NAME" % where)
+    try:
+        shlex.split(settings["_SCRIPT_NAME"])
+    except ValueError as exc:
+        raise UsageError("%s: _SCRIPT_NAME %r: %s (it is split like a shell line)"
+                         % (where, settings["_SCRIPT_NAME"], exc))
     if not settings["_SUMMARY_FILENAME"] or not isinstance(settings["_SUMMARY_FILENAME"], str):
         raise UsageError("%s: _SUMMARY_FILENAME is missing (the summary file your script writes, "
                          "e.g. 'performance_overview.txt')" % where)
@@ -1892,7 +1929,7 @@ class ClusterBackend(Backend):
 
     def finish_up(self):
         """Give late scheduler logs a few seconds to arrive."""
-        deadline = now() + min(self.poll_interval, 5.0)
+        deadline = now() + 5.0
         while True:
             self._sweep_late_logs()
             if not self.late_logs or now() >= deadline:
@@ -2385,10 +2422,11 @@ def make_runs(space, configs, config, args, folder_path, stamp):
 
 
 def main(argv=None):
+    sys.dont_write_bytecode = True  # leave no __pycache__ beside the user's config
     try:
         return _main(argv)
     except UsageError as exc:
-        sys.stderr.write("hpsearch: error: %s\n" % exc)
+        sys.stderr.write("hpsearch: error: %s\n" % one_line(str(exc)))
         return 2
     except OSError as exc:  # an unwritable --out_dir, a full disk: say which file
         sys.stderr.write("hpsearch: error: %s: %s (check the path and its permissions)\n"

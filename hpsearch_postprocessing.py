@@ -739,6 +739,10 @@ def print_report(view, ranked, k, out=None):
     if view.origin == "hpsearch" and any(r.state not in (FINISHED, RUNNING) for r in view.runs):
         w("\nto run every run that did not finish again, continue the search:\n"
           "  python3 hpsearch.py --resume %s\n" % shlex.quote(view.path))
+        trashed = sum(1 for r in view.runs if r.in_trash)
+        if trashed:
+            w("  (that also runs again the %d run(s) in %s: their folders are not where the "
+              "search left them)\n" % (trashed, TRASH_DIR))
     order = "lowest" if view.config.performance_sort_asc else "highest"
     w("\nbest %d runs by %s (%s first):\n" % (k, view.config.performance_key, order))
     w("".join("  " + line + "\n" for line in top_table(view, ranked, k)))
@@ -757,6 +761,7 @@ TITLES_UP_TO = 3000     # points get hover titles while the search is at most th
 
 
 def esc(value):
+    """A value as HTML text."""
     return html.escape(format_cell(value) if not isinstance(value, str) else value, quote=True)
 
 
@@ -997,8 +1002,10 @@ tr.running td { background: #e2eefd; } tr.missing td, tr.not_started td { color:
 
 
 def report_html(view, ranked, top_k):
+    """The whole page: states, one scatter plot per varying argument, parallel coordinates
+    of the best ``top_k`` runs, the results table."""
     key = view.config.performance_key
-    plotted = [(r, perf_value(r, key)) for r in ranked if perf_value(r, key) is not None]
+    plotted = [(r, y) for r, y in ((r, perf_value(r, key)) for r in ranked) if y is not None]
     varying = differing_keys(view.arg_keys, view.runs)
     constant = [k for k in view.arg_keys if k not in varying]
     titles = len(view.runs) <= TITLES_UP_TO

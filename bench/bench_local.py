@@ -17,7 +17,8 @@ exit), side by side in the same run, 3 times, alternating which goes first; the 
     CPU shares under autogroup scheduling on a busy machine).
     Target: hpsearch wall <= 1.10x xargs wall.
 (b) 100 configs that exit at once, ``--visible_gpus=-1`` (one after another) vs ``sh FILE``
-    running the same commands one after another. Target: <= 1.10x.
+    running the same commands one after another (each under setsid, as in (a)).
+    Target: <= 1.10x.
 (c) Peak memory (ru_maxrss) of an hpsearch process with 10,000 configs queued
     (``--visible_gpus=-1 --local_jobs=2``, runs that exit at once), stopped with SIGINT after
     5 s: all 10,000 runs are planned, written and queued before the first starts, so the peak
@@ -160,15 +161,34 @@ def run_xargs(cmd_file, env):
     with open(args_file, "w") as f:
         f.write("".join(r + "\n" for r in rest))
     # hpsearch starts each run in its own session; with the kernel's autogroup scheduling that
-    # also gives each run its own CPU share against other work on the machine. setsid(1) does
-    # the same for xargs' runs (it execs in place: no extra process stays around).
+    # also gives each run its own CPU share against other work on the machine (on a busy
+    # machine a large advantage). setsid(1) does the same for the plain side's runs: it execs in
+    # place (no extra process stays around) and costs ~1-2 ms per command, shown in the output.
     setsid = [SETSID] if SETSID else []
     with open(args_file) as stdin:
         return timed(["xargs", "-P", "4", "-L", "1"] + setsid + prefix, env=env, stdin=stdin)
 
 
 def run_sh(cmd_file, env):
+    """``sh FILE``: the commands one after another, each under setsid when present (see
+    run_xargs)."""
+    if SETSID:
+        with open(cmd_file) as f:
+            lines = [line for line in f if line.strip()]
+        with open(cmd_file, "w") as f:
+            f.write("".join("%s %s" % (shlex.quote(SETSID), line) for line in lines))
     return timed(["sh", cmd_file], env=env)
+
+
+def setsid_cost_ms(n=200):
+    """What setsid adds to the plain side: ms per command (``setsid /bin/true`` vs
+    ``/bin/true``, n of each, in one sh loop)."""
+    if not SETSID or not os.path.exists("/bin/true"):
+        return None
+    loop = "i=0; while [ $i -lt %d ]; do %%s/bin/true; i=$((i+1)); done" % n
+    plain = timed(["sh", "-c", loop % ""])
+    wrapped = timed(["sh", "-c", loop % (shlex.quote(SETSID) + " ")])
+    return (wrapped - plain) / n * 1000
 
 
 WRAPPER = r"""
@@ -256,6 +276,7 @@ def main():
             "--allowed_memory=1", "--allowed_load=1"], run_xargs, env)
         b_hp, b_sh = compare(work, "seq", 100, 0, ["--visible_gpus=-1"], run_sh, env)
         mem, cross = measure_memory(work, 10000, env)
+        setsid_ms = setsid_cost_ms()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -274,8 +295,9 @@ def main():
     print("pairwise ratios (hpsearch/plain, same repetition): (a) %s; (b) %s" % (
         " ".join("%.3f" % (h / x) for h, x in zip(a_hp, a_x)),
         " ".join("%.3f" % (h / x) for h, x in zip(b_hp, b_sh))))
-    print("(a) xargs runs each command %s" % ("under setsid (own session, as hpsearch)"
-                                              if SETSID else "without setsid (not found)"))
+    print("plain side: each command %s" % (
+        "under setsid (its own session, as hpsearch does; setsid adds %.1f ms per command)"
+        % setsid_ms if SETSID else "without setsid (not found)"))
     print("(a) ideal: 200 x 0.2 s / 4 = 10.0 s; per-run overhead over ideal: hpsearch %.1f ms, "
           "xargs %.1f ms" % ((med(a_hp) - 10.0) / 50 * 1000, (med(a_x) - 10.0) / 50 * 1000))
     print("(b) per run: hpsearch %.1f ms, sh %.1f ms" % (med(b_hp) / 100 * 1000,

@@ -161,11 +161,24 @@ KEYWORDS = ["acc", "finished"]
 # ------------------------------------------------------------------------------------------
 
 
+# Every process of a test's searches carries MARK=<project folder> in its environment, so the
+# teardown can tell them from processes that got a recorded pid later.
+MARK = "HPSEARCH_RELIABILITY_TEST"
+CREATED = []  # projects and launchers of the current test
+
+
 def new_project(tmp_path, jobs, name="proj"):
     project = make_project(tmp_path, script_body=SCRIPT, grid={"job": list(jobs)},
                            summary_keywords=KEYWORDS, name=name)
     os.makedirs(ledger_path(project))
+    CREATED.append(project)
     return project
+
+
+def search_with(project, *args, **kwargs):
+    """``project.hpsearch(...)`` (a new search, waited for) with the MARK set."""
+    kwargs["env"] = {MARK: project.path}
+    return project.hpsearch(*args, **kwargs)
 
 
 def ledger_path(project, name=""):
@@ -262,9 +275,12 @@ def launch(project, *args, **kwargs):
         cmd = [sys.executable, HPSEARCH, "--grid_module=%s" % project.config,
                "--visible_gpus=-1", "--deterministic_search"]
     cmd += list(args)
-    proc = subprocess.Popen(cmd, cwd=project.path, stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = dict(os.environ)
+    env[MARK] = project.path
+    proc = subprocess.Popen(cmd, cwd=project.path, env=env, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = out
+    CREATED.append(proc)
     return proc
 
 
@@ -285,7 +301,7 @@ def finish(proc, timeout):
 
 def resume(project, search, *args, **kwargs):
     return run_hpsearch(["--resume", search, "--visible_gpus=-1"] + list(args), project.path,
-                        timeout=kwargs.get("timeout", 90))
+                        env={MARK: project.path}, timeout=kwargs.get("timeout", 90))
 
 
 class OrphanReaper(object):
@@ -336,22 +352,34 @@ class OrphanReaper(object):
             self._prctl(0)
 
 
-def kill_recorded(project):
-    """Teardown: no process of a test may outlive it, whatever happened."""
-    for pid in recorded_pids(project):
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+def marked(pid, project):
+    """Whether ``pid`` runs with this project's MARK in its environment (a recorded pid may
+    belong to somebody else by now)."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    return ("%s=%s" % (MARK, project.path)).encode() in env
 
 
-@pytest.fixture
-def cleanup():
-    projects = []
-    yield projects.append
-    for project in projects:
-        kill_recorded(project)
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Teardown: no launcher or run of a test outlives it, whatever happened."""
+    del CREATED[:]
+    yield
+    for item in CREATED:
+        if isinstance(item, subprocess.Popen):
+            if item.poll() is None:
+                item.kill()
+                item.wait()
+            continue
+        for pid in recorded_pids(item):
+            if alive(pid) and marked(pid, item):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,18 +387,27 @@ def cleanup():
 # ------------------------------------------------------------------------------------------
 
 
-def test_resume_after_kill_9_of_a_parallel_search(tmp_path, cleanup):
+def test_resume_after_kill_9_of_a_parallel_search(tmp_path):
     jobs = ["sleepy.%d" % i for i in range(12)]
     project = new_project(tmp_path, jobs)
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project, "--local_jobs=3")
         try:
-            # Kill right after a run started (its pid line): several runs are mid-sleep.
+            # Kill right after a run started, once the journal has it (the moment between a
+            # start and its journal line is test_kill_9_right_after_a_run_started): several
+            # runs are mid-sleep then.
             assert wait_for(lambda: len(ledger(project, "done.txt")) >= 3, 60), output(proc)
             seen = len(ledger(project, "pids.txt"))
-            assert wait_for(lambda: len(ledger(project, "pids.txt")) > seen, 30), output(proc)
-            assert proc.poll() is None, "the search ended before it could be killed"
+            journal = os.path.join(only_search(project), "run_journal.jsonl")
+
+            def new_start_logged():
+                pids = set(recorded_pids(project))
+                logged = {e.get("job_id") for e in journal_entries(journal)[0]}
+                return len(pids) > seen and pids <= logged
+
+            assert wait_for(new_start_logged, 30, interval=0.01), output(proc)
+            proc.kill()
+            assert proc.wait() == -signal.SIGKILL, "the search ended before it was killed"
         finally:
             proc.kill()
             proc.wait()
@@ -409,9 +446,63 @@ def test_resume_after_kill_9_of_a_parallel_search(tmp_path, cleanup):
     assert not wrong, wrong
 
 
-def test_resume_stops_runs_left_over_by_a_killed_launcher(tmp_path, cleanup):
+CRASH_AFTER_START = r"""
+import os, signal, subprocess, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import hpsearch
+
+RealPopen = subprocess.Popen
+
+
+class CrashingPopen(RealPopen):
+    # The launcher dies (kill -9) the moment the run has started, before it records it.
+    def __init__(self, *args, **kwargs):
+        RealPopen.__init__(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+subprocess.Popen = CrashingPopen
+sys.exit(hpsearch.main(sys.argv[2:]))
+"""
+
+
+def test_kill_9_right_after_a_run_started(tmp_path):
+    """kill -9 between a run's start and its journal line: resume must still find and stop
+    that run (not run the configuration a second time beside it)."""
+    project = new_project(tmp_path, ["wait.1"])
+    driver = write_file(os.path.join(str(tmp_path), "crash_after_start.py"), CRASH_AFTER_START)
+    with OrphanReaper(project):
+        env = dict(os.environ)
+        env[MARK] = project.path
+        crashed = subprocess.call(
+            [sys.executable, driver, HPSEARCH, "--grid_module=%s" % project.config,
+             "--visible_gpus=-1"], cwd=project.path, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        assert crashed == -signal.SIGKILL
+        assert wait_for(lambda: ledger(project, "pids.txt"), 30)
+        orphan = recorded_pids(project)[0]
+        search = only_search(project)
+        resumer = launch(project, resume=search)
+        try:  # the resume runs wait.1 again (a second process) or ends: then let runs finish
+            wait_for(lambda: len(ledger(project, "pids.txt")) > 1 or resumer.poll() is not None,
+                     30)
+            time.sleep(0.3)
+            write_file(ledger_path(project, "release"), "")
+            assert finish(resumer, 60) == 0, output(resumer)
+            wait_for(lambda: not alive(orphan), 10)
+        finally:
+            if resumer.poll() is None:
+                resumer.kill()
+                resumer.wait()
+    done = ledger(project, "done.txt")
+    assert [d[0] for d in done] == ["wait.1"], "wait.1 completed %d times: %s\n%s" % (
+        len(done), done, output(resumer))
+    assert not alive(orphan)
+    rows = read_results(search)[1]
+    assert [(r["job"], r["hpsearch_state"]) for r in rows] == [("wait.1", "finished")]
+
+
+def test_resume_stops_runs_left_over_by_a_killed_launcher(tmp_path):
     project = new_project(tmp_path, ["hold.1", "hold.2"])
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project, "--local_jobs=2")
         try:  # each run: the script, its child and a grandchild (sleep 300)
@@ -437,9 +528,8 @@ def test_resume_stops_runs_left_over_by_a_killed_launcher(tmp_path, cleanup):
     assert len(read_results(search)[1]) == 2
 
 
-def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path, cleanup):
+def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path):
     project = new_project(tmp_path, ["wait.1", "ok.2"])
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project)
         try:
@@ -465,10 +555,9 @@ def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path, cl
     assert states[runs["ok.2"]["name"]]["state"] == "finished"
 
 
-def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path, cleanup):
+def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path):
     """A second launcher on a live search would stop its runs and run them a second time."""
     project = new_project(tmp_path, ["wait.1"])
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project)
         resumer = None
@@ -477,7 +566,7 @@ def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path, cleanup):
             first = recorded_pids(project)
             search = only_search(project)
             resumer = launch(project, resume=search)
-            refused = wait_for(lambda: resumer.poll() is not None, 8)
+            refused = wait_for(lambda: resumer.poll() is not None, 5)
             untouched = all(alive(p) for p in first)
             write_file(ledger_path(project, "release"), "")
             finish(resumer, 60)
@@ -504,9 +593,8 @@ def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path, cleanup):
 # ------------------------------------------------------------------------------------------
 
 
-def _stop_with(tmp_path, cleanup, sig, jobs, local_jobs):
+def _stop_with(tmp_path, sig, jobs, local_jobs):
     project = new_project(tmp_path, jobs)
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project, "--local_jobs=%d" % local_jobs)
         want = 3 * min(local_jobs, len(jobs))
@@ -521,9 +609,9 @@ def _stop_with(tmp_path, cleanup, sig, jobs, local_jobs):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_stop_signal_ends_every_process_of_the_search(tmp_path, cleanup, sig):
+def test_stop_signal_ends_every_process_of_the_search(tmp_path, sig):
     jobs = ["children.1", "children.2", "children.3"]
-    project, proc, rc, took, pids, gone = _stop_with(tmp_path, cleanup, sig, jobs, 2)
+    project, proc, rc, took, pids, gone = _stop_with(tmp_path, sig, jobs, 2)
     out = output(proc)
     assert took < 10, "the launcher took %.1fs to stop:\n%s" % (took, out)
     assert gone, "processes survived: %s" % [p for p in pids if alive(p)]
@@ -541,9 +629,8 @@ def test_stop_signal_ends_every_process_of_the_search(tmp_path, cleanup, sig):
     assert all(r["hpsearch_state"] == "killed" for r in rows)
 
 
-def test_second_ctrl_c_kills_at_once(tmp_path, cleanup):
+def test_second_ctrl_c_kills_at_once(tmp_path):
     project = new_project(tmp_path, ["stubborn.1"])  # ignores SIGTERM, and so do its children
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project)
         assert wait_for(lambda: len(ledger(project, "pids.txt")) >= 3, 60), output(proc)
@@ -569,11 +656,10 @@ def test_second_ctrl_c_kills_at_once(tmp_path, cleanup):
     assert final_states(search)[run["name"]]["state"] == "killed"
 
 
-def test_a_run_that_exits_cleanly_on_sigterm_is_recorded_as_killed(tmp_path, cleanup):
+def test_a_run_that_exits_cleanly_on_sigterm_is_recorded_as_killed(tmp_path):
     """Stopped by hpsearch is 'killed' (as --run_timeout records it), also when the script
     catches SIGTERM and exits with a status of its own."""
     project = new_project(tmp_path, ["graceful.1"])
-    cleanup(project)
     with OrphanReaper(project):
         proc = launch(project)
         assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
@@ -595,7 +681,7 @@ def test_a_run_that_exits_cleanly_on_sigterm_is_recorded_as_killed(tmp_path, cle
 def test_max_retries_keeps_every_attempt(tmp_path):
     jobs = ["failfirst.1", "failtwice.2", "unfinfirst.3", "alwaysfail.4", "ok.5"]
     project = new_project(tmp_path, jobs)
-    rc, out, err = project.hpsearch("--max_retries=2", "--local_jobs=2", timeout=90)
+    rc, out, err = search_with(project, "--max_retries=2", "--local_jobs=2", timeout=90)
     assert rc == 0, out + err
     search = only_search(project)
     runs = record_runs(search)
@@ -603,7 +689,8 @@ def test_max_retries_keeps_every_attempt(tmp_path):
     by_job = {r["job"]: r for r in rows}
     assert sorted(by_job) == sorted(jobs) and len(rows) == len(jobs)
     expect = {"failfirst.1": ("finished", 2), "failtwice.2": ("finished", 3),
-              "unfinfirst.3": ("finished", 2), "alwaysfail.4": ("failed", 3), "ok.5": ("finished", 1)}
+              "unfinfirst.3": ("finished", 2), "alwaysfail.4": ("failed", 3),
+              "ok.5": ("finished", 1)}
     entries = journal_entries(os.path.join(search, "run_journal.jsonl"))[0]
     for job, (state, attempts) in expect.items():
         run = runs[job]
@@ -628,11 +715,10 @@ def test_max_retries_keeps_every_attempt(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def test_run_timeout_kills_a_hanging_run_and_goes_on(tmp_path, cleanup):
+def test_run_timeout_kills_a_hanging_run_and_goes_on(tmp_path):
     project = new_project(tmp_path, ["hang.1", "ok.2", "ok.3"])
-    cleanup(project)
     started = time.time()
-    rc, out, err = project.hpsearch("--run_timeout=1", "--deterministic_search", timeout=60)
+    rc, out, err = search_with(project, "--run_timeout=1", "--deterministic_search", timeout=60)
     assert rc == 0, out + err
     assert time.time() - started < 30
     search = only_search(project)
@@ -649,13 +735,12 @@ def test_run_timeout_kills_a_hanging_run_and_goes_on(tmp_path, cleanup):
     assert wait_for(lambda: not any(alive(p) for p in recorded_pids(project)), 5)
 
 
-def test_run_timeout_ends_the_whole_process_group(tmp_path, cleanup):
+def test_run_timeout_ends_the_whole_process_group(tmp_path):
     """The run dies on SIGTERM, its child and grandchild ignore it: they must not outlive the
     search (SIGKILL after the grace, as on Ctrl-C)."""
     project = new_project(tmp_path, ["stubkids.1"])
-    cleanup(project)
     with OrphanReaper(project):
-        rc, out, err = project.hpsearch("--run_timeout=1", timeout=60)
+        rc, out, err = search_with(project, "--run_timeout=1", timeout=60)
         pids = recorded_pids(project)
         gone = wait_for(lambda: not any(alive(p) for p in pids), 2)
     assert rc == 0, out + err
@@ -674,7 +759,7 @@ def test_a_run_flooding_stdout_does_not_stall_the_launcher(tmp_path):
     project = new_project(tmp_path, ["flood.1", "ok.2"])
     log = None
     try:
-        rc, out, err = project.hpsearch("--local_jobs=2", timeout=120)
+        rc, out, err = search_with(project, "--local_jobs=2", timeout=120)
         assert rc == 0, out + err
         search = only_search(project)
         run = record_runs(search)["flood.1"]
@@ -721,7 +806,7 @@ def test_two_searches_at_once_into_one_out_dir(tmp_path):
 
 def test_resume_uses_the_searchs_own_config_and_warns_if_it_changed(tmp_path):
     project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = project.hpsearch()
+    rc, out, err = search_with(project)
     assert rc == 0, out + err
     search = only_search(project)
     runs = record_runs(search)
@@ -742,7 +827,7 @@ def test_resume_uses_the_searchs_own_config_and_warns_if_it_changed(tmp_path):
 
 def test_resume_of_a_finished_search_runs_nothing(tmp_path):
     project = new_project(tmp_path, ["ok.1", "ok.2"])
-    rc, out, err = project.hpsearch()
+    rc, out, err = search_with(project)
     assert rc == 0, out + err
     search = only_search(project)
     before = tree(search)
@@ -784,7 +869,7 @@ def test_resume_of_a_folder_that_is_no_search(tmp_path, content):
 
 def test_resume_with_dry_run_runs_and_writes_nothing(tmp_path):
     project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = project.hpsearch()
+    rc, out, err = search_with(project)
     assert rc == 0, out + err
     search = only_search(project)
     before = tree(search)
@@ -808,7 +893,7 @@ def failures(tmp_path_factory):
     """One search whose runs fail in every way (run once for the tests below)."""
     jobs = ["exit1.1", "crash.2", "finished0.3", "garbage.4", "ok.5"]
     project = new_project(tmp_path_factory.mktemp("failures"), jobs)
-    rc, out, err = project.hpsearch("--local_jobs=2", timeout=90)
+    rc, out, err = search_with(project, "--local_jobs=2", timeout=90)
     return project, jobs, rc, out, err
 
 
@@ -847,7 +932,7 @@ def test_garbage_summary_leaves_no_nul_byte_in_the_csv(failures):
 def test_huge_number_after_finished_is_not_a_crash(tmp_path):
     """'finished 1000...0' (400 digits) parses as an int too big for float()."""
     project = new_project(tmp_path, ["hugenum.1", "ok.2"])
-    rc, out, err = project.hpsearch("--deterministic_search")
+    rc, out, err = search_with(project, "--deterministic_search")
     assert rc == 0, out + err
     assert "Traceback" not in out + err
     search = only_search(project)
@@ -863,7 +948,7 @@ def test_huge_number_after_finished_is_not_a_crash(tmp_path):
 
 def test_resume_after_a_journal_line_cut_short(tmp_path):
     project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = project.hpsearch()
+    rc, out, err = search_with(project)
     assert rc == 0, out + err
     search = only_search(project)
     runs = record_runs(search)
@@ -907,7 +992,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
 
 def test_failed_rewrite_leaves_record_and_results_intact(tmp_path, monkeypatch, capsys):
     project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = project.hpsearch()
+    rc, out, err = search_with(project)
     assert rc == 0, out + err
     search = only_search(project)
     files = {}

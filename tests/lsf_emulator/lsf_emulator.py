@@ -686,6 +686,10 @@ def run_job(job_id):
 
 def main_runner(argv):
     job_id = int(argv[0])
+    # Jobs start with default signal handling, whatever the submitter ignored (a shell's
+    # background job ignores SIGINT, and ignored signals are inherited across exec).
+    for name in ("SIGINT", "SIGQUIT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
     try:
         run_job(job_id)
     except Exception:
