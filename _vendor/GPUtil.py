@@ -18,9 +18,7 @@ nvidia-smi is missing or fails, ``getGPUs()`` returns an empty list, as GPUtil d
 """
 
 import math
-import os
 import random
-import sys
 import time
 
 __version__ = "1.4.0"
@@ -30,41 +28,12 @@ __all__ = ["GPU", "getGPUs", "getAvailable", "getAvailability", "getFirstAvailab
            "showUtilization", "safeFloatCast"]
 
 
-def _load_hpsearch():
-    """hpsearch.py, from the folder above ``_vendor`` (or wherever ``import hpsearch`` finds
-    it). Reuses an already imported hpsearch module."""
-    loaded = sys.modules.get("hpsearch")
-    if loaded is not None and hasattr(loaded, "query_gpus"):
-        return loaded
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(os.path.dirname(here), "hpsearch.py")
-    if os.path.isfile(path):
-        import importlib.util
-        # Register it as 'hpsearch' (so a later ``import hpsearch`` gets the same module)
-        # unless that name is taken by some other module.
-        name = "hpsearch" if loaded is None else "_hpsearch_for_gputil"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return module
-    try:
-        import hpsearch as module
-    except ImportError:
-        module = None
-    if module is None or not hasattr(module, "query_gpus"):
-        raise ImportError(
-            "GPUtil stand-in (%s) needs hpsearch.py: keep hpsearch.py in the folder above "
-            "_vendor (looked for %s) or importable as 'hpsearch'; or install the real GPUtil "
-            "and take _vendor off the module path" % (os.path.abspath(__file__), path))
-    return module
+try:  # imported as _vendor.GPUtil, or with _vendor on the module path
+    from ._hpsearch_link import load_hpsearch
+except ImportError:
+    from _hpsearch_link import load_hpsearch
 
-
-_hpsearch = _load_hpsearch()
+_hpsearch = load_hpsearch('query_gpus', 'GPUtil')
 
 NAN = float("nan")
 _sleep = time.sleep   # getFirstAvailable's pause between attempts (tests replace it)

@@ -25,7 +25,6 @@ A failure of bsub, bjobs or bkill raises ``SchedulerError`` (``hpsearch.Schedule
 """
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -38,39 +37,12 @@ __all__ = ["bsub", "SchedulerError"]
 POLL_INTERVAL = 10.0       # seconds between two queue checks of bsub.poll()
 
 
-def _load_hpsearch():
-    """The hpsearch module: the one already imported, else hpsearch.py from the folder above
-    ``_vendor``, else whatever ``import hpsearch`` finds."""
-    module = sys.modules.get("hpsearch")
-    if module is not None and hasattr(module, "Lsf"):
-        return module
-    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "hpsearch.py")
-    if os.path.isfile(source):
-        import importlib.util
-        name = "hpsearch" if module is None else "_hpsearch_for_bsub"
-        spec = importlib.util.spec_from_file_location(name, source)
-        loaded = importlib.util.module_from_spec(spec)
-        sys.modules[name] = loaded   # a later 'import hpsearch' gets this same module
-        try:
-            spec.loader.exec_module(loaded)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return loaded
-    try:
-        import hpsearch as loaded
-    except ImportError:
-        loaded = None
-    if loaded is None or not hasattr(loaded, "Lsf"):
-        raise ImportError("bsub stand-in (%s) needs hpsearch.py in the folder above _vendor "
-                          "(looked for %s) or importable as 'hpsearch'; or install the real "
-                          "bsub package and take _vendor off the module path"
-                          % (os.path.abspath(__file__), source))
-    return loaded
+try:  # imported as _vendor.bsub, or with _vendor on the module path
+    from ._hpsearch_link import load_hpsearch
+except ImportError:
+    from _hpsearch_link import load_hpsearch
 
-
-_hpsearch = _load_hpsearch()
+_hpsearch = load_hpsearch('Lsf', 'bsub')
 SchedulerError = _hpsearch.SchedulerError
 
 # hpsearch's LSF backend builds the bjobs/bkill command lines and reads their answers; it

@@ -304,7 +304,8 @@ def test_other_module_named_hpsearch_is_left_alone(five, tmp_path):
 def test_clear_import_error_without_hpsearch(five, tmp_path):
     lonely = tmp_path / "elsewhere" / "_vendor"
     lonely.mkdir(parents=True)
-    shutil.copy(os.path.join(gh.VENDOR, "GPUtil.py"), str(lonely / "GPUtil.py"))
+    for name in ("GPUtil.py", "_hpsearch_link.py"):  # _vendor/ without hpsearch.py above it
+        shutil.copy(os.path.join(gh.VENDOR, name), str(lonely / name))
     res = python(five, """
         import sys
         sys.path.insert(0, %r)
