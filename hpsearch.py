@@ -837,6 +837,7 @@ RECORD_FILE = "search_record.json"
 JOURNAL_FILE = "run_journal.jsonl"
 RESULTS_FILE = "search_results.csv"
 JOBS_DIR = "jobs"
+TRASH_DIR = "TO_BE_DELETED"   # where hpsearch_postprocessing.py moves runs it rejects
 # A run's files in jobs/ while it goes, and their names in its folder afterwards.
 JOB_FILES = collections.OrderedDict([
     (".sh", "hpsearch_command.sh"), (".out", "job_<run>.out"), (".err", "job_<run>.err"),
@@ -888,6 +889,20 @@ class SearchFolder(object):
 
     def file(self, name):
         return os.path.join(self.path, name)
+
+    def find_run_dir(self, run):
+        """Where the run's folder is now: in the search folder (which may have moved since),
+        where the record says, or in TO_BE_DELETED. ``(path, in_trash)``; path None if gone."""
+        name = os.path.basename(run.out_dir.rstrip(os.sep)) or run.name
+        here = os.path.join(self.path, name)
+        if os.path.isdir(here):
+            return here, False
+        if run.out_dir != here and os.path.isdir(run.out_dir):
+            return run.out_dir, False
+        trash = os.path.join(self.path, TRASH_DIR, name)
+        if os.path.isdir(trash):
+            return trash, True
+        return None, False
 
     def job_file(self, run, suffix):
         """Files of a run kept here while it goes: ``<name>.sh``, ``.out``, ``.err``."""
@@ -2227,15 +2242,19 @@ class Search(object):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one short line and a usage hint, exit status 2."""
 
+    def __init__(self, hint, **kwargs):
+        argparse.ArgumentParser.__init__(self, **kwargs)
+        self.hint = hint
+
     def error(self, message):
         sys.stderr.write("%s: error: %s\n" % (self.prog, message))
-        sys.stderr.write("usage hint: %s --grid_module=CONFIG [options]; see %s --help\n"
-                         % (self.prog, self.prog))
+        sys.stderr.write("usage hint: %s; see %s --help\n" % (self.hint, self.prog))
         sys.exit(2)
 
 
 def build_parser():
     p = ArgumentParser(
+        hint="hpsearch.py --grid_module=CONFIG [options]",
         prog="hpsearch.py",
         description="hpsearch - run a hyperparameter search over a training script, one run "
                     "after another, packed onto local GPUs, or as cluster jobs.",
@@ -2565,7 +2584,10 @@ def restore_states(config, folder, runs, journal, attached):
         if run.name in attached:
             run.state, run.job_id = RUNNING, attached[run.name]
             continue
-        run.summary = collect_summary(config, run) if os.path.isdir(run.out_dir) else None
+        found, in_trash = folder.find_run_dir(run)
+        if in_trash:  # postprocessing moved it there: it ran, it is not to run again
+            run.out_dir = found
+        run.summary = collect_summary(config, run) if found == run.out_dir else None
         if is_finished(run.summary):
             run.state = FINISHED
             if entries and entries[-1].get("state") == FINISHED:

@@ -32,7 +32,6 @@ import pickle
 import shlex
 import shutil
 import sys
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +47,7 @@ PROG = "hpsearch_postprocessing"
 RESULTS_NAME = "postprocessing_results.csv"
 SEEDS_NAME = "postprocessing_seeds.csv"
 REPORT_NAME = "report.html"
-TRASH_DIR = "TO_BE_DELETED"
+TRASH_DIR = hpsearch.TRASH_DIR
 PICKLE_NAME = "commands.pickle"
 
 # States beyond hpsearch's own: a run that ended but whose folder is gone, and one never run.
@@ -108,16 +107,9 @@ def short_number(value):
 # ----------------------------------------------------------------------------------------------
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one short line and exit status 2."""
-
-    def error(self, message):
-        sys.stderr.write("%s: error: %s (see --help)\n" % (PROG, message))
-        sys.exit(2)
-
-
 def build_parser():
-    p = ArgumentParser(
+    p = hpsearch.ArgumentParser(
+        hint="hpsearch_postprocessing.py SEARCH_DIR [options]",
         prog="hpsearch_postprocessing.py",
         description="Postprocessing of a hyperparameter search made by hpsearch (or by "
                     "hypnettorch): result tables, run states, seed averages, an HTML report.",
@@ -205,23 +197,14 @@ def open_search(args):
 
 def load_config(name_or_path, run_cwd):
     """Import and check a config module. Postprocessing never runs the training script, so
-    the script need not exist here (see the request in notes/bugs.md: build_config has no
-    switch for that yet; until then it sees a stand-in script name)."""
+    the script need not exist here."""
     dont_write = sys.dont_write_bytecode
     sys.dont_write_bytecode = True  # no __pycache__ in the search folder
     try:
         module, source = import_config_module(name_or_path, [os.getcwd(), run_cwd])
     finally:
         sys.dont_write_bytecode = dont_write
-    script_name = getattr(module, "_SCRIPT_NAME", None)
-    view = module
-    if isinstance(script_name, str) and script_name:
-        view = types.ModuleType(module.__name__)
-        view.__dict__.update(module.__dict__)
-        view._SCRIPT_NAME = "-c pass"   # _script_path() checks no file for '-c'
-    config = build_config(view, source, {}, run_cwd)
-    config.script_name = script_name
-    return config
+    return build_config(module, source, {}, run_cwd, check_script=False)
 
 
 def config_from_record(record, where):
@@ -263,16 +246,8 @@ def record_config(folder, record, args, run_cwd):
     return config_from_record(record, folder.record)
 
 
-def read_record(folder):
-    try:
-        return folder.read_record()
-    except UsageError as exc:  # its message names --resume (request in notes/bugs.md)
-        text = str(exc)
-        raise UsageError(text[len("--resume "):] if text.startswith("--resume ") else text)
-
-
 def search_from_record(folder, args):
-    record = read_record(folder)
+    record = folder.read_record(context="search folder")
     run_cwd = os.path.abspath(args.run_cwd or record.get("run_cwd") or ".")
     config = record_config(folder, record, args, run_cwd)
     runs = []
@@ -362,21 +337,6 @@ def keys_in_order(dicts):
 # ----------------------------------------------------------------------------------------------
 
 
-def locate_run_folder(run, search_path):
-    """Where the run's folder is now: in the search folder (which may have been moved since),
-    where the record says, or in TO_BE_DELETED. ``(path, in_trash)``; path None if gone."""
-    name = os.path.basename(run.out_dir.rstrip(os.sep)) or run.name
-    here = os.path.join(search_path, name)
-    if os.path.isdir(here):
-        return here, False
-    if run.out_dir != here and os.path.isdir(run.out_dir):
-        return run.out_dir, False
-    trash = os.path.join(search_path, TRASH_DIR, name)
-    if os.path.isdir(trash):
-        return trash, True
-    return None, False
-
-
 def read_summary(config, run):
     """The run's summary (one read of its file) and a note when something is wrong with it."""
     summary = collect_summary(config, run)
@@ -409,7 +369,7 @@ def survey_run(run, config, search_path, entries, local=False):
     run.attempt = last.get("attempt") or 1
     if last.get("reason"):
         run.notes.append(str(last["reason"]))
-    folder, run.in_trash = locate_run_folder(run, search_path)
+    folder, run.in_trash = hpsearch.SearchFolder(search_path).find_run_dir(run)
     if folder is not None:
         run.out_dir = folder
         run.summary, problem = read_summary(config, run)

@@ -17,10 +17,12 @@
 (b) sbatch calls for 1,000 configs with ``--array --num_jobs=2`` (same fakes; SIGINT once all
     1,000 runs are journaled as submitted). Target: 1 call, ``--array=0-999%2``.
 (c) Wall time of 20 one-second configs (bench/sleep_train.py) on the REAL test Slurm
-    (tests/cluster/slurm-up.sh): ``hpsearch.py --run_cluster --scheduler=slurm --num_jobs=2``
-    vs the same 20 commands submitted by hand (20 ``sbatch`` calls, same --mem/--time, then
-    polling ``squeue`` every 0.1 s until none of them is listed). Both timed from outside, 2
-    repetitions alternating which goes first; median shown. Informative rows: hpsearch
+    (tests/cluster/slurm-up.sh): ``hpsearch.py --run_cluster --scheduler=slurm --num_jobs=2
+    --poll_interval=1`` (timed from outside, start to exit) vs the same 20 job scripts (each
+    run's hpsearch_command.sh from the search just run, its folder swapped for a fresh one)
+    submitted by hand, all at once: 20 ``sbatch`` calls with hpsearch's options (--mem=100M
+    --time=1:00:00), then ``squeue`` every 0.1 s until none of them is listed. 3 repetitions
+    alternating which goes first (hpsearch first, so its scripts exist); medians. Informative rows: hpsearch
     ``--array --num_jobs=2`` and ``--num_jobs=20`` (everything queued at once, like by hand).
     No target: reported with the ratio. Skipped when sbatch or a responding Slurm is missing.
 
@@ -49,7 +51,7 @@ import hpsearch  # noqa: E402
 
 N_QUEUED = 1000
 CYCLES = 20
-REPEATS = 2
+REPEATS = 3
 
 # Fake Slurm tools. State in the bin folder: next_id, jobs ("<id> <array size or 0>" lines),
 # <tool>.calls (one line per call: number of job ids asked about / the arguments).
@@ -277,52 +279,56 @@ def hp_real(work, tag, config, extra, n):
     return took, search_dir
 
 
-def by_hand(work, tag, commands, search_dir):
-    """The search's commands (its folder swapped for a fresh one), one sbatch each."""
+def job_scripts(search_dir):
+    """``{run name: text of its hpsearch_command.sh}`` of a finished search."""
+    scripts = {}
+    for name in sorted(os.listdir(search_dir)):
+        path = os.path.join(search_dir, name, "hpsearch_command.sh")
+        if os.path.isfile(path):
+            with open(path) as f:
+                scripts[name] = f.read()
+    return scripts
+
+
+def by_hand(work, tag, search_dir):
+    """The search's own job scripts (its folder swapped for a fresh one), one sbatch each with
+    the options hpsearch gave them; then squeue every 0.1 s until none is listed."""
     plain = os.path.join(work, "hand_" + tag)
-    os.makedirs(plain)
+    os.makedirs(os.path.join(plain, "jobs"))
     scripts = []
-    for k, command in enumerate(commands):
-        scripts.append(write(os.path.join(plain, "job%d.sh" % k), "#!/bin/sh\ncd %s\n%s\n" % (
-            shlex.quote(work), command.replace(search_dir, plain))))
+    for name, text in job_scripts(search_dir).items():
+        scripts.append((name, write(os.path.join(plain, "jobs", name + ".sh"),
+                                    text.replace(search_dir, plain))))
     ids = []
     t0 = time.perf_counter()
-    for k, script in enumerate(scripts):
-        proc = subprocess.run(["sbatch", "--parsable", "--mem=100M", "--time=1:00:00",
-                               "--job-name=hand%d" % k,
-                               "--output=%s" % os.path.join(plain, "job%d.log" % k), script],
+    for name, script in scripts:
+        proc = subprocess.run(["sbatch", "--parsable", "--job-name=" + name,
+                               "--output=" + os.path.join(plain, "jobs", name + ".log"),
+                               "--time=1:00:00", "--mem=100M", script],
                               stdout=subprocess.PIPE, universal_newlines=True)
         if proc.returncode != 0:
             raise SystemExit("bench_cluster: sbatch failed for %s" % script)
         ids.append(proc.stdout.strip().split(";")[0])
     wait_queue_empty(ids)
     took = time.perf_counter() - t0
-    if count_finished(plain) != len(commands):
+    if count_finished(plain) != len(scripts):
         raise SystemExit("bench_cluster: by hand ran %d of %d" % (count_finished(plain),
-                                                                  len(commands)))
+                                                                  len(scripts)))
     return took
 
 
 def bench_real(work, n=20, sleep=1.0):
     config = write_config(work, "real", n, sleep)
     hp_times, hand_times = [], []
-    commands = None
+    search_dir = None
     for rep in range(REPEATS):
         order = ("hp", "hand") if rep % 2 == 0 else ("hand", "hp")
         for side in order:
             if side == "hp":
                 took, search_dir = hp_real(work, "nj2_%d" % rep, config, ["--num_jobs=2"], n)
                 hp_times.append(took)
-                with open(os.path.join(search_dir, "commands.sh")) as f:
-                    commands = (search_dir, [l.strip() for l in f
-                                             if l.strip() and not l.startswith("#")])
             else:
-                if commands is None:   # the hand side needs one search's commands first
-                    took, search_dir = hp_real(work, "seed", config, ["--num_jobs=2"], n)
-                    with open(os.path.join(search_dir, "commands.sh")) as f:
-                        commands = (search_dir, [l.strip() for l in f
-                                                 if l.strip() and not l.startswith("#")])
-                hand_times.append(by_hand(work, "%d" % rep, commands[1], commands[0]))
+                hand_times.append(by_hand(work, "%d" % rep, search_dir))
     array_t = hp_real(work, "array", config, ["--array", "--num_jobs=2"], n)[0]
     all_t = hp_real(work, "nj20", config, ["--num_jobs=%d" % n], n)[0]
     return hp_times, hand_times, array_t, all_t
@@ -404,8 +410,8 @@ def main(argv):
             print("     %-50s %7.2fx" % ("ratio hpsearch / by hand", med(hp) / med(hand)))
             print("     %-50s %7.1f s   (1 run)" % ("hpsearch --array --num_jobs=2", array_t))
             print("     %-50s %7.1f s   (1 run)" % ("hpsearch --num_jobs=20 (all queued)", all_t))
-            print("     ideal with 2 CPUs: 20 x 1 s / 2 = 10 s; Slurm starts batch jobs on a 1 s "
-                  "tick, so ~20 s is the floor by hand")
+            print("     ideal with 2 CPUs: 20 x 1 s / 2 = 10 s (Slurm starts batch jobs on its "
+                  "1 s scheduling tick)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("")
