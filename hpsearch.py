@@ -13,6 +13,7 @@ import argparse
 import collections
 import csv
 import datetime
+import fcntl
 import pwd
 import importlib
 import importlib.util
@@ -838,6 +839,7 @@ JOURNAL_FILE = "run_journal.jsonl"
 RESULTS_FILE = "search_results.csv"
 JOBS_DIR = "jobs"
 TRASH_DIR = "TO_BE_DELETED"   # where hpsearch_postprocessing.py moves runs it rejects
+LOCK_FILE = ".hpsearch.lock"
 # A run's files in jobs/ while it goes, and their names in its folder afterwards.
 JOB_FILES = collections.OrderedDict([
     (".sh", "hpsearch_command.sh"), (".out", "job_<run>.out"), (".err", "job_<run>.err"),
@@ -889,6 +891,25 @@ class SearchFolder(object):
 
     def file(self, name):
         return os.path.join(self.path, name)
+
+    def lock(self):
+        """Hold the folder for this launcher's lifetime, so a second launcher (say a
+        --resume while the search still runs) is refused. The kernel drops the lock when
+        the process ends, however it ends."""
+        handle = open(self.file(LOCK_FILE), "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise UsageError("%s is in use by another hpsearch launcher (pid %s); let it "
+                             "finish or stop it first" % (self.path, holder))
+        handle.seek(0)
+        handle.truncate()
+        handle.write("%d\n" % os.getpid())
+        handle.flush()
+        self._lock = handle
 
     def find_run_dir(self, run):
         """Where the run's folder is now: in the search folder (which may have moved since),
@@ -1310,14 +1331,52 @@ class GpuSlots(object):
             "%d (%s, %s)" % (i, self.gpus[i].name, self.gpus[i].uuid) for i in self.order)
 
 
+def _proc_stat(pid):
+    """``(state, process group)`` from /proc/<pid>/stat; None if it cannot be read."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _group_alive(pgid):
+    """Whether a process of the group still runs. Zombies do not count: an orphan's zombie
+    waits for pid 1 to reap it, which can take seconds."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists but not ours to signal
         return True
-    return True
+    if not os.path.isdir("/proc/self"):
+        return True
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            stat = _proc_stat(pid)
+            if stat and stat[1] == pgid and stat[0] != "Z":
+                return True
+    return False
+
+
+def groups_marked(marker):
+    """Process groups with a process whose environment holds ``marker`` (Linux /proc)."""
+    wanted = marker.encode("utf-8", "surrogateescape") + b"\0"
+    groups = set()
+    for pid in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                if wanted not in f.read() + b"\0":
+                    continue
+        except OSError:
+            continue
+        stat = _proc_stat(pid)
+        if stat and stat[0] != "Z":
+            groups.add(stat[1])
+    return groups
 
 
 def signal_group(pgid, sig):
@@ -1393,6 +1452,7 @@ class LocalBackend(Backend):
     def start(self, run, token):
         env = dict(os.environ)
         env.update({k: v for k, v in token.items() if not k.startswith("_")})
+        env[MARKER_VARIABLE] = self.folder.path  # lets a resume find this run's processes
         write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
         with open(self.folder.job_file(run, ".out"), "wb") as out, \
                 open(self.folder.job_file(run, ".err"), "wb") as err:
@@ -1442,6 +1502,8 @@ class LocalBackend(Backend):
             pass
         for run in ended:
             self.deadlines.pop(run.name, None)
+            if run.killed and run.job_id:  # its children may ignore SIGTERM: end them too
+                signal_group(run.job_id, signal.SIGKILL)
             if run.process is not None:
                 _, token = self.active.pop(run.name)
                 self.slots.release(token)
@@ -1456,10 +1518,19 @@ class LocalBackend(Backend):
 
     def stop(self, grace, hurry=lambda: False):
         """End every run and the processes it started."""
+        for run, _ in self.active.values():
+            run.killed, run.reason = True, run.reason or "stopped by hpsearch"
         terminate_groups([run.job_id for run, _ in self.active.values()], grace, hurry)
 
     def running(self):
         return len(self.active)
+
+
+MARKER_VARIABLE = "HPSEARCH_SEARCH_DIR"
+
+
+def run_marker(folder):
+    return "%s=%s" % (MARKER_VARIABLE, folder.path)
 
 
 def write_command_file(path, run, cwd, env, job_files=None):
@@ -2483,6 +2554,7 @@ def new_search(args):
     folder_path, stamp = create_search_dir(resolve_out_dir(args), args.force_out_dir,
                                            args.dont_force_new_dir)
     folder = SearchFolder(folder_path)
+    folder.lock()
     folder.prepare()
     runs, wo_dirs = make_runs(space, configs, config, args, folder_path, stamp)
     for path in [source] + ([args.grid_config] if args.grid_config else []):
@@ -2498,6 +2570,8 @@ def resume_search(args):
     what the journal and the run folders say became of them."""
     folder = SearchFolder(os.path.abspath(args.resume))
     record = folder.read_record()
+    if not args.dry_run:
+        folder.lock()
     run_cwd = record.get("run_cwd") or os.path.abspath(args.run_cwd)
     original = record.get("config_file") or ""
     copy = folder.file(os.path.basename(original))
@@ -2527,7 +2601,7 @@ def resume_search(args):
         attached = jobs_to_reattach(runs, journal, folder)
     else:
         attached = {}
-        stop_leftover_processes(runs, journal)
+        stop_leftover_processes(folder, runs, journal)
     kept = restore_states(config, folder, runs, journal, attached)
     results = ResultsTable(folder.results, record.get("arg_keys") or [],
                            config.summary_keywords, config.out_arg)
@@ -2542,10 +2616,11 @@ def _same_content(a, b):
         return fa.read() == fb.read()
 
 
-def stop_leftover_processes(runs, journal):
-    """Runs the journal left 'running' may still be alive if the launcher was killed: end
-    them (and their children) before they are run again."""
-    leftovers = []
+def stop_leftover_processes(folder, runs, journal):
+    """Runs of a killed launcher may still be alive: end them (and their children) before
+    they are run again. Found by the marker in their environment (even one killed before
+    the journal got its pid), and by the pids the journal has."""
+    leftovers = groups_marked(run_marker(folder))
     for run in runs:
         entries = journal.get(run.name)
         last = entries[-1] if entries else None
@@ -2553,7 +2628,8 @@ def stop_leftover_processes(runs, journal):
             pid = last["job_id"]
             same = last.get("job_start") in (None, process_start_time(pid))
             if same and _group_alive(pid):
-                leftovers.append(pid)
+                leftovers.add(pid)
+    leftovers = sorted(leftovers)
     if leftovers:
         print("hpsearch: stopping %d run(s) left over from the interrupted launcher"
               % len(leftovers))

@@ -7,10 +7,13 @@ blocked in between so the two always go together), ``terms.txt`` (SIGTERMs a stu
 ignored) and a per-configuration attempt counter. What a run does is named by its grid value
 ``job=<mode>.<n>`` (see ``main()`` of SCRIPT).
 
-Processes are "gone" when /proc says so or they are zombies: in some containers pid 1 reaps
-nobody. ``OrphanReaper`` makes this test process the child subreaper while a search runs and
-reaps the processes the scripts recorded, as a normal init would (otherwise hpsearch waits its
-full grace for zombie-only process groups: see /work/notes/bugs.md).
+Processes are "gone" when /proc says so or they are zombies: pid 1 of some VMs and containers
+reaps orphans only now and then, or never. ``OrphanReaper`` makes this test process the child
+subreaper while a search runs and reaps the processes the scripts recorded, as a prompt init
+would (hpsearch waits for zombie-only process groups until they are reaped or its grace ends).
+
+Every process of a test carries MARK=<project folder> in its environment; the autouse fixture
+``no_leftovers`` kills what a failed test left running (only processes with that mark).
 
 Timing margins are generous: this runs beside other tests on a busy 2-core machine.
 """
@@ -289,6 +292,14 @@ def output(proc):
     return proc.log.read()
 
 
+def await_launcher(proc, predicate, timeout, interval=0.05):
+    """Wait until ``predicate()`` while the launcher runs; fail at once if it ended."""
+    wait_for(lambda: predicate() or proc.poll() is not None, timeout, interval)
+    assert predicate(), "hpsearch %s:\n%s" % (
+        "ended (exit %s)" % proc.returncode if proc.poll() is not None
+        else "still waiting after %ss" % timeout, output(proc))
+
+
 def finish(proc, timeout):
     """Wait for the launcher; its exit status, or an assertion with its output."""
     try:
@@ -396,7 +407,7 @@ def test_resume_after_kill_9_of_a_parallel_search(tmp_path):
             # Kill right after a run started, once the journal has it (the moment between a
             # start and its journal line is test_kill_9_right_after_a_run_started): several
             # runs are mid-sleep then.
-            assert wait_for(lambda: len(ledger(project, "done.txt")) >= 3, 60), output(proc)
+            await_launcher(proc, lambda: len(ledger(project, "done.txt")) >= 3, 60)
             seen = len(ledger(project, "pids.txt"))
             journal = os.path.join(only_search(project), "run_journal.jsonl")
 
@@ -405,7 +416,7 @@ def test_resume_after_kill_9_of_a_parallel_search(tmp_path):
                 logged = {e.get("job_id") for e in journal_entries(journal)[0]}
                 return len(pids) > seen and pids <= logged
 
-            assert wait_for(new_start_logged, 30, interval=0.01), output(proc)
+            await_launcher(proc, new_start_logged, 30, interval=0.01)
             proc.kill()
             assert proc.wait() == -signal.SIGKILL, "the search ended before it was killed"
         finally:
@@ -506,7 +517,7 @@ def test_resume_stops_runs_left_over_by_a_killed_launcher(tmp_path):
     with OrphanReaper(project):
         proc = launch(project, "--local_jobs=2")
         try:  # each run: the script, its child and a grandchild (sleep 300)
-            assert wait_for(lambda: len(ledger(project, "pids.txt")) >= 6, 60), output(proc)
+            await_launcher(proc, lambda: len(ledger(project, "pids.txt")) >= 6, 60)
         finally:
             proc.kill()
             proc.wait()
@@ -533,7 +544,7 @@ def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path):
     with OrphanReaper(project):
         proc = launch(project)
         try:
-            assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
+            await_launcher(proc, lambda: ledger(project, "pids.txt"), 60)
         finally:
             proc.kill()
             proc.wait()
@@ -562,7 +573,7 @@ def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path):
         proc = launch(project)
         resumer = None
         try:
-            assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
+            await_launcher(proc, lambda: ledger(project, "pids.txt"), 60)
             first = recorded_pids(project)
             search = only_search(project)
             resumer = launch(project, resume=search)
@@ -583,7 +594,7 @@ def test_resume_of_a_search_that_is_still_running_is_refused(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("hpsearch: error:"), out
     assert untouched, "the resume stopped the live search's run"
     assert [p[0] for p in ledger(project, "done.txt")] == ["wait.1"]
-    assert [p[0] for p in ledger(project, "pids.txt")] == ["wait.1"]
+    assert [p[2] for p in ledger(project, "pids.txt")] == ["wait.1"]
     rows = read_results(search)[1]
     assert [(r["job"], r["hpsearch_state"]) for r in rows] == [("wait.1", "finished")]
 
@@ -598,7 +609,7 @@ def _stop_with(tmp_path, sig, jobs, local_jobs):
     with OrphanReaper(project):
         proc = launch(project, "--local_jobs=%d" % local_jobs)
         want = 3 * min(local_jobs, len(jobs))
-        assert wait_for(lambda: len(ledger(project, "pids.txt")) >= want, 60), output(proc)
+        await_launcher(proc, lambda: len(ledger(project, "pids.txt")) >= want, 60)
         pids = recorded_pids(project)
         sent = time.time()
         os.kill(proc.pid, sig)
@@ -633,12 +644,12 @@ def test_second_ctrl_c_kills_at_once(tmp_path):
     project = new_project(tmp_path, ["stubborn.1"])  # ignores SIGTERM, and so do its children
     with OrphanReaper(project):
         proc = launch(project)
-        assert wait_for(lambda: len(ledger(project, "pids.txt")) >= 3, 60), output(proc)
+        await_launcher(proc, lambda: len(ledger(project, "pids.txt")) >= 3, 60)
         pids = recorded_pids(project)
         first = time.time()
         os.kill(proc.pid, signal.SIGINT)
         # The run got its SIGTERM (and ignored it): the launcher is in its 5 s grace now.
-        assert wait_for(lambda: ledger(project, "terms.txt"), 10), output(proc)
+        await_launcher(proc, lambda: ledger(project, "terms.txt"), 10)
         second = time.time()
         os.kill(proc.pid, signal.SIGINT)
         rc = finish(proc, 30)
@@ -662,7 +673,7 @@ def test_a_run_that_exits_cleanly_on_sigterm_is_recorded_as_killed(tmp_path):
     project = new_project(tmp_path, ["graceful.1"])
     with OrphanReaper(project):
         proc = launch(project)
-        assert wait_for(lambda: ledger(project, "pids.txt"), 60), output(proc)
+        await_launcher(proc, lambda: ledger(project, "pids.txt"), 60)
         time.sleep(0.3)  # its SIGTERM handler is in place
         os.kill(proc.pid, signal.SIGINT)
         assert finish(proc, 30) != 0

@@ -344,6 +344,25 @@ def test_array_is_one_submission_throttled_to_num_jobs(site):
     assert [r["hpsearch_state"] for r in rows] == ["finished"] * 6
 
 
+def test_array_search_ends_promptly_with_each_task_log_in_its_run_folder(site):
+    # hpsearch waits up to 5 s at the end for each run's jobs/<run>.scheduler.log (late LSF
+    # reports); an array task's log must be found too, not waited for in vain.
+    site.config({"acc": [1, 2], "sleep": [1]})
+    proc = site.start("--array", "--num_jobs=2")
+    rc, out = site.finish(proc)
+    exited = time.time()
+    assert rc == 0, out
+    search = site.search()
+    last = last_entries(search)
+    assert set(e["state"] for e in last.values()) == {"finished"}, out
+    lag = exited - max(e["time"] for e in last.values())
+    assert lag < 4.0, "the launcher exited %.1f s after the last run ended" % lag
+    for name in last:
+        folder = search.file(name)
+        assert os.path.isfile(os.path.join(folder, "hpsearch_scheduler.log")), \
+            (name, sorted(os.listdir(folder)), sorted(os.listdir(search.file("jobs"))))
+
+
 def test_failing_job_is_failed_with_its_exit_code(site):
     site.config({"exit": [0, 3]})
     rc, out = site.hpsearch()
