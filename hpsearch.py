@@ -2660,11 +2660,12 @@ def restore_states(config, folder, runs, journal, attached):
         if run.name in attached:
             run.state, run.job_id = RUNNING, attached[run.name]
             continue
-        found, in_trash = folder.find_run_dir(run)
-        if in_trash:  # postprocessing moved it there: it ran, it is not to run again
-            run.out_dir = found
-        run.summary = collect_summary(config, run) if found == run.out_dir else None
-        if is_finished(run.summary):
+        found, _ = folder.find_run_dir(run)
+        planned_dir, run.out_dir = run.out_dir, found or run.out_dir
+        run.summary = collect_summary(config, run) if found else None
+        if not is_finished(run.summary):  # it runs again, into the folder its command names
+            run.out_dir, run.summary = planned_dir, None
+        if is_finished(run.summary):  # kept where it is (TO_BE_DELETED too: it did run)
             run.state = FINISHED
             if entries and entries[-1].get("state") == FINISHED:
                 run.exit_code = entries[-1].get("exit_code")

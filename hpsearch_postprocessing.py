@@ -699,10 +699,6 @@ def print_report(view, ranked, k, out=None):
     if view.origin == "hpsearch" and any(r.state not in (FINISHED, RUNNING) for r in view.runs):
         w("\nto run every run that did not finish again, continue the search:\n"
           "  python3 hpsearch.py --resume %s\n" % shlex.quote(view.path))
-        trashed = sum(1 for r in view.runs if r.in_trash)
-        if trashed:
-            w("  (that also runs again the %d run(s) in %s: their folders are not where the "
-              "search left them)\n" % (trashed, TRASH_DIR))
     order = "lowest" if view.config.performance_sort_asc else "highest"
     w("\nbest %d runs by %s (%s first):\n" % (k, view.config.performance_key, order))
     w("".join("  " + line + "\n" for line in top_table(view, ranked, k)))

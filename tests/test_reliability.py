@@ -862,6 +862,26 @@ def _one_error_line(rc, out, err):
     assert "Traceback" not in out + err
 
 
+def test_resume_keeps_a_finished_run_that_postprocessing_moved_away(tmp_path):
+    """hpsearch_postprocessing.py --performance_criteria moves rejected runs into
+    TO_BE_DELETED/: they ran, so a resume must not run them again."""
+    project = new_project(tmp_path, ["ok.1", "ok.2"])
+    rc, out, err = search_with(project)
+    assert rc == 0, out + err
+    search = only_search(project)
+    moved = sorted(r["out_dir"] for r in record_runs(search).values())[0]
+    trash = os.path.join(search, "TO_BE_DELETED")
+    os.makedirs(trash)
+    os.rename(moved, os.path.join(trash, os.path.basename(moved)))
+    rc, out, err = resume(project, search)
+    assert rc == 0, out + err
+    assert len(ledger(project, "pids.txt")) == 2, "a run moved to TO_BE_DELETED ran again"
+    assert not os.path.exists(moved)
+    rows = read_results(search)[1]
+    assert sorted(r["job"] for r in rows) == ["ok.1", "ok.2"]
+    assert all(r["hpsearch_state"] == "finished" for r in rows)
+
+
 @pytest.mark.parametrize("content", ["empty", "garbage_record", "record_without_runs"])
 def test_resume_of_a_folder_that_is_no_search(tmp_path, content):
     project = new_project(tmp_path, ["ok.1"])
