@@ -1034,6 +1034,14 @@ class SearchFolder(object):
             if os.path.exists(src):
                 _rename_free(src, os.path.join(self.jobs, run.name + tag + suffix))
 
+    def recorded_exit_status(self, run):
+        """The exit status a cluster job wrote when it ended, or None."""
+        try:
+            with open(self.job_file(run, ".exit")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
     def keep_run_files(self, run):
         """Move a run's command and logs into its folder, if the script made one."""
         if not os.path.isdir(run.out_dir):
@@ -1629,6 +1637,7 @@ class Scheduler(object):
     task_variable = ""   # environment variable holding an array task's index in the job
     task_pattern = ""    # placeholder for that index in an output file name
     first_task = 0
+    late_log = False     # whether the scheduler writes its log only after the job ended
 
     def query_argv(self, job_ids):
         raise NotImplementedError
@@ -1733,6 +1742,7 @@ class Lsf(Scheduler):
     task_variable = "LSB_JOBINDEX"
     task_pattern = "%I"
     first_task = 1
+    late_log = True      # LSF appends its job report once the job is over
     ACTIVE_STATES = {"PEND", "RUN", "PSUSP", "USUSP", "SSUSP", "WAIT", "PROV", "UNKWN",
                      "ZOMBI"}
 
@@ -1893,6 +1903,7 @@ class ClusterBackend(Backend):
         self.ended = []
         self.vanished = {}        # job id -> polls seen gone without an exit file
         self.late_logs = {}       # run name -> ended run whose scheduler log may come later
+        self.task_logs = {}       # run name -> where the scheduler logs its array task
         self.next_poll = now() + poll_interval
         self.queries = 0
         self.submissions = 0
@@ -1943,8 +1954,11 @@ class ClusterBackend(Backend):
                                               array=(len(chunk), self.num_jobs))
             array_id = self._submit(argv, chunk)
             if array_id is not None:
-                for run, job_id in zip(chunk, self.scheduler.task_ids(array_id, len(chunk))):
+                for k, (run, job_id) in enumerate(
+                        zip(chunk, self.scheduler.task_ids(array_id, len(chunk)))):
                     self._track(run, job_id)
+                    self.task_logs[run.name] = log.replace(
+                        self.scheduler.task_pattern, str(self.scheduler.first_task + k))
 
     def _submit(self, argv, runs):
         """Submit with back-off; on a final failure the runs end as failed. The job id or
@@ -1978,16 +1992,9 @@ class ClusterBackend(Backend):
         run.state = RUNNING
         self._track(run, job_id)
 
-    def _exit_status(self, run):
-        try:
-            with open(self.folder.job_file(run, ".exit")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
-
     def _collect_exit_files(self):
         for job_id, run in list(self.active.items()):
-            code = self._exit_status(run)
+            code = self.folder.recorded_exit_status(run)
             if code is not None:
                 run.exit_code = code
                 if code > 128:  # the job shell's way of saying "ended by signal code-128"
@@ -1998,12 +2005,22 @@ class ClusterBackend(Backend):
         self.vanished.pop(job_id, None)
         run = self.active.pop(job_id)
         self.ended.append(run)
-        self.late_logs[run.name] = run
+        self._claim_task_log(run)
+        if self.scheduler.late_log:
+            self.late_logs[run.name] = run
+
+    def _claim_task_log(self, run):
+        """Give an array task's log the run's own name, so it goes into the run folder."""
+        task_log = self.task_logs.get(run.name)
+        if task_log and os.path.exists(task_log):
+            _rename_free(task_log, self.folder.job_file(run, ".scheduler.log"))
+            del self.task_logs[run.name]
 
     def _sweep_late_logs(self):
         """LSF writes its job report to the log after the job has ended (and after we moved
         the run's files): bring such logs into the run folder when they appear."""
         for name, run in list(self.late_logs.items()):
+            self._claim_task_log(run)
             src = self.folder.job_file(run, ".scheduler.log")
             dst = os.path.join(run.out_dir, JOB_FILES[".scheduler.log"])
             if os.path.exists(src) and os.path.isdir(run.out_dir) and run.state in ENDED_STATES:
@@ -2082,7 +2099,7 @@ class ClusterBackend(Backend):
                 "" if code == 0 else " (it said: %s)" % _first_line(err)))
         for job_id in jobs:
             run = self.active[job_id]
-            run.exit_code = self._exit_status(run)
+            run.exit_code = self.folder.recorded_exit_status(run)
             if run.exit_code is None:
                 run.killed, run.reason = True, "cancelled by hpsearch"
             self._end(job_id)
@@ -2663,13 +2680,16 @@ def restore_states(config, folder, runs, journal, attached):
         found, _ = folder.find_run_dir(run)
         planned_dir, run.out_dir = run.out_dir, found or run.out_dir
         run.summary = collect_summary(config, run) if found else None
-        if not is_finished(run.summary):  # it runs again, into the folder its command names
-            run.out_dir, run.summary = planned_dir, None
-        if is_finished(run.summary):  # kept where it is (TO_BE_DELETED too: it did run)
+        last_ended = [e for e in entries if e.get("state") in ENDED_STATES][-1:]
+        watched = entries and entries[-1].get("state") in ENDED_STATES
+        # A cluster job that ended while no launcher watched left its status in jobs/.
+        run.exit_code = (last_ended[0].get("exit_code") if watched
+                         else folder.recorded_exit_status(run))
+        if not (is_finished(run.summary) and run.exit_code in (0, None)):
+            run.out_dir, run.summary = planned_dir, None  # it runs again, as planned
+        else:  # kept where it is (TO_BE_DELETED too: it did run)
             run.state = FINISHED
-            if entries and entries[-1].get("state") == FINISHED:
-                run.exit_code = entries[-1].get("exit_code")
-            else:  # it finished after the launcher died: record that now
+            if not watched:  # it finished after the launcher died: record that now
                 folder.keep_run_files(run)
                 folder.log_state(run, noticed_on_resume=True)
             kept.append(run)
