@@ -54,14 +54,21 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line and exit status 2, never a traceback."""
 
 
-def atomic_write_text(path, text):
-    """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file."""
+def atomic_write_text(path, text, durable=True):
+    """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file;
+    ``durable``: also on disk before this returns (the record and results, not scratch)."""
     tmp = "%s.tmp%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # our own half-written temporary file
+        raise
 
 
 def append_line(path, line):
@@ -1461,7 +1468,6 @@ class LocalBackend(Backend):
         env = dict(os.environ)
         env.update({k: v for k, v in token.items() if not k.startswith("_")})
         env[MARKER_VARIABLE] = self.folder.path  # lets a resume find this run's processes
-        write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
         with open(self.folder.job_file(run, ".out"), "wb") as out, \
                 open(self.folder.job_file(run, ".err"), "wb") as err:
             try:
@@ -1473,6 +1479,7 @@ class LocalBackend(Backend):
                 run.exit_code, run.reason = 127, "could not start: %s" % exc
                 self.ended.put(run)
                 return
+        # The run is under way; what follows overlaps its start-up instead of delaying it.
         run.process = proc
         run.job_id = proc.pid
         self.active[run.name] = (run, token)
@@ -1480,6 +1487,7 @@ class LocalBackend(Backend):
             self.deadlines[run.name] = now() + self.run_timeout
         self.slots.started(token, proc.pid)
         threading.Thread(target=self._wait_for, args=(run, proc), daemon=True).start()
+        write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
 
     def _wait_for(self, run, proc):
         proc.wait()
@@ -1557,7 +1565,7 @@ def write_command_file(path, run, cwd, env, job_files=None):
                   "echo \"$status\" > %s && mv -f %s %s" % (
                       q(exit_file + ".tmp"), q(exit_file + ".tmp"), q(exit_file)),
                   "exit \"$status\""]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", durable=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2241,8 +2249,8 @@ class Search(object):
 
     def execute(self):
         """Run everything; False if a stop signal cut the search short."""
-        pending = self.pending
-        while (pending or self.backend.running()) and not self.signals:
+        pending, ended = self.pending, []
+        while (pending or ended or self.backend.running()) and not self.signals:
             started = []
             while pending:
                 token = self.backend.slot()
@@ -2253,11 +2261,19 @@ class Search(object):
             for run in started:  # job ids are known now (an array gets them on flush)
                 self.folder.log_state(run, job_id=run.job_id, job_start=process_start_time(
                     run.job_id) if isinstance(run.job_id, int) else None)
-            timeout = self.backend.recheck_in()
-            timeout = self.SIGNAL_CHECK if timeout is None else min(timeout, self.SIGNAL_CHECK)
-            for run in self.backend.wait(timeout):
+            # Runs that ended are recorded after their slots were refilled: that work then
+            # overlaps the next runs' start-up instead of delaying it.
+            for run in ended:
                 self._finish(run)
+            ended = []
+            if pending or self.backend.running():
+                timeout = self.backend.recheck_in()
+                timeout = self.SIGNAL_CHECK if timeout is None else min(timeout,
+                                                                         self.SIGNAL_CHECK)
+                ended = self.backend.wait(timeout)
             self.progress.show()
+        for run in ended:
+            self._finish(run)
         if not self.signals:
             return True
         self._stop_running()

@@ -49,7 +49,7 @@ ROOT = os.path.dirname(HERE)
 HPSEARCH = os.path.join(ROOT, "hpsearch.py")
 TRAIN = os.path.join(HERE, "sleep_train.py")
 FAKE_BIN = os.path.join(ROOT, "tests", "fake_bin")
-REPEATS = 3
+REPEATS = 5
 SETSID = shutil.which("setsid")
 
 TARGET_RATIO = 1.10
