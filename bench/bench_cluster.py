@@ -31,9 +31,6 @@ Exit status 1 if a target of (a) or (b) is missed.
 
 import json
 import os
-import platform
-import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -42,12 +39,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-HPSEARCH = os.path.join(ROOT, "hpsearch.py")
-TRAIN = os.path.join(HERE, "sleep_train.py")
-sys.path.insert(0, ROOT)
-import hpsearch  # noqa: E402
+from _common import HPSEARCH, TRAIN, environment, load_hpsearch, report, write_config
+
+hpsearch = load_hpsearch()
 
 N_QUEUED = 1000
 CYCLES = 20
@@ -80,16 +74,6 @@ FAKE_SCANCEL = r"""#!/bin/sh
 printf '%s\n' "$*" >> "$(dirname "$0")/scancel.calls"
 """
 
-CONFIG = """\
-grid = {"sleep": [%(sleep)r], "seed": list(range(%(n)d))}
-conditions = []
-_SCRIPT_NAME = %(script)r
-_SUMMARY_FILENAME = "performance_overview.txt"
-_SUMMARY_KEYWORDS = ["loss", "finished"]
-_PERFORMANCE_KEY = "loss"
-_PERFORMANCE_SORT_ASC = True
-"""
-
 
 def write(path, text, mode=None):
     with open(path, "w") as f:
@@ -113,11 +97,6 @@ def lines(path):
         return []
     with open(path) as f:
         return [l.rstrip("\n") for l in f if l.strip()]
-
-
-def write_config(work, name, n, sleep):
-    return write(os.path.join(work, name + ".py"),
-                 CONFIG % {"sleep": sleep, "n": n, "script": shlex.quote(TRAIN)})
 
 
 def journal(search_dir):
@@ -334,19 +313,18 @@ def bench_real(work, n=20, sleep=1.0):
     return hp_times, hand_times, array_t, all_t
 
 
-def environment():
-    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+def slurm_info():
+    """What sinfo says about the Slurm on PATH (nodes, CPUs, gres, state), or 'none'."""
     slurm = ""
     if shutil.which("sinfo"):
         slurm = subprocess.run(["sinfo", "-h", "-o", "%D node(s), %c CPUs, gres %G, %T"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                universal_newlines=True).stdout.strip()
-    return "Python %s on %s; %s cores; %s; Slurm: %s" % (
-        platform.python_version(), platform.platform(), os.cpu_count(), load, slurm or "none")
+    return slurm or "none"
 
 
 def main(argv):
-    print("bench_cluster: " + environment())
+    print("bench_cluster: " + environment("Slurm: " + slurm_info()))
     work = tempfile.mkdtemp(prefix="hpsearch_bench_cluster_")
     checks = []
     try:
@@ -415,11 +393,7 @@ def main(argv):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("")
-    failed = 0
-    for name, ok, figure in checks:
-        print("%s: %s (%s)" % ("PASS" if ok else "FAIL", name, figure))
-        failed += not ok
-    return 1 if failed else 0
+    return report(checks)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ work added. Exit status 1 if a target is missed.
 """
 
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, environment, report
+
 REPEATS = 3
 
 TARGET_EXPAND_S = 3.0
@@ -135,17 +134,6 @@ def measure(kind):
     raise SystemExit("bench_grid: the %s worker printed no result" % kind)
 
 
-def environment():
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return "Python %s (%s) on %s; %s cores (%s usable); %s" % (
-        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable,
-        load)
-
-
 def main():
     print("bench_grid: " + environment())
     print("each figure: %d runs, each in a fresh interpreter; time = median, peak = max\n"
@@ -195,14 +183,7 @@ def main():
         ("(b) 1000 distinct draws", s["count"] == 1000 and s["distinct"] == 1000,
          "%d/%d" % (s["distinct"], s["count"])),
     ]
-    if hasattr(os, "getloadavg"):
-        print("load average at the end: %.2f %.2f %.2f (other work on the machine skews timings)"
-              % os.getloadavg())
-    failed = 0
-    for name, ok, figure in checks:
-        print("%s: %s (%s)" % ("PASS" if ok else "FAIL", name, figure))
-        failed += not ok
-    return 1 if failed else 0
+    return report(checks)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ Exit status 1 if a target is missed.
 import glob
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -44,10 +43,8 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-HPSEARCH = os.path.join(ROOT, "hpsearch.py")
-TRAIN = os.path.join(HERE, "sleep_train.py")
+from _common import HPSEARCH, ROOT, environment, report, write_config
+
 FAKE_BIN = os.path.join(ROOT, "tests", "fake_bin")
 REPEATS = 5
 SETSID = shutil.which("setsid")
@@ -56,23 +53,6 @@ TARGET_RATIO = 1.10
 TARGET_MEMORY_MB = 100.0
 STOP_AFTER_S = 5.0
 MEMORY_REPEATS = 2  # memory is not noisy like time; plus one /usr/bin/time -v cross-check
-
-CONFIG = """\
-grid = {"sleep": [%(sleep)r], "seed": list(range(%(n)d))}
-conditions = []
-_SCRIPT_NAME = %(script)r
-_SUMMARY_FILENAME = "performance_overview.txt"
-_SUMMARY_KEYWORDS = ["loss", "finished"]
-_PERFORMANCE_KEY = "loss"
-_PERFORMANCE_SORT_ASC = True
-"""
-
-
-def write_config(work, name, n, sleep):
-    path = os.path.join(work, name + ".py")
-    with open(path, "w") as f:
-        f.write(CONFIG % {"sleep": sleep, "n": n, "script": shlex.quote(TRAIN)})
-    return path
 
 
 def hpsearch_argv(config, work, out_dir, extra):
@@ -245,17 +225,6 @@ def measure_memory(work, n, env):
     return figures, cross
 
 
-def environment():
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return "Python %s (%s) on %s; %s cores (%s usable); %s" % (
-        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable,
-        load)
-
-
 def main():
     print("bench_local: " + environment())
     print("timings: median of %d, hpsearch and the shell tool alternating\n" % REPEATS)
@@ -317,14 +286,7 @@ def main():
         ("(c) peak RSS with 10,000 queued < %.0f MB" % TARGET_MEMORY_MB,
          peak < TARGET_MEMORY_MB, "%.1f MB" % peak),
     ]
-    if hasattr(os, "getloadavg"):
-        print("load average at the end: %.2f %.2f %.2f (other work on the machine skews timings)"
-              % os.getloadavg())
-    failed = 0
-    for name, ok, figure in checks:
-        print("%s: %s (%s)" % ("PASS" if ok else "FAIL", name, figure))
-        failed += not ok
-    return 1 if failed else 0
+    return report(checks)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ The folders are made under a temporary folder and removed afterwards (``--keep``
 
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -35,7 +34,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, environment, report
+
 POST = os.path.join(ROOT, "hpsearch_postprocessing.py")
 SIZES = (10000, 20000)
 REPEATS = 5
@@ -127,17 +127,6 @@ def check_output(path, n):
         raise SystemExit("bench_postprocessing: %s has %d rows, expected %d" % (path, rows, n))
 
 
-def environment():
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return "Python %s (%s) on %s; %s cores (%s usable); %s" % (
-        platform.python_version(), sys.executable, platform.platform(), os.cpu_count(), usable,
-        load)
-
-
 def main():
     keep = "--keep" in sys.argv[1:]
     print("bench_postprocessing: " + environment())
@@ -179,11 +168,7 @@ def main():
             ("CPU time(%d) / CPU time(%d) <= %.1f" % (SIZES[1], SIZES[0], TARGET_RATIO),
              ratio <= TARGET_RATIO, "%.2f" % ratio),
         ]
-        for label, ok, value in checks:
-            print("%-4s %-44s %s" % ("PASS" if ok else "FAIL", label, value))
-        if hasattr(os, "getloadavg"):
-            print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
-        return 0 if all(ok for _, ok, _ in checks) else 1
+        return report(checks)
     finally:
         if keep:
             print("kept %s" % base)

@@ -28,7 +28,6 @@ import argparse
 import getpass
 import glob
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -38,30 +37,15 @@ import tempfile
 import time
 import types
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-HPSEARCH = os.path.join(ROOT, "hpsearch.py")
-TRAIN = os.path.join(HERE, "sleep_train.py")
-sys.path.insert(0, ROOT)
-import hpsearch  # noqa: E402
+from _common import HPSEARCH, environment, load_hpsearch, print_load_average, write_config
+
+hpsearch = load_hpsearch()
 
 N_QUEUED = 1000
 CYCLES = 30
 POLL = 0.02
 N_REAL = 20
 SLEEP_REAL = 1.0
-
-CONFIG = """\
-grid = {"sleep": [%(sleep)r], "seed": list(range(%(n)d))}
-conditions = []
-_SCRIPT_NAME = %(script)r
-_SUMMARY_FILENAME = "performance_overview.txt"
-_SUMMARY_KEYWORDS = ["loss", "finished"]
-_OUT_ARG = "out_dir"
-_SUMMARY_PARSER_HANDLE = None
-_PERFORMANCE_KEY = "loss"
-_PERFORMANCE_SORT_ASC = True
-"""
 
 FAKE_QSTAT = """#!/bin/sh
 # fake qstat: logs the call, prints a recorded qstat -xml answer
@@ -186,9 +170,7 @@ def queue_slots():
 
 
 def run_hpsearch(work, rep):
-    config = os.path.join(work, "real_config.py")
-    with open(config, "w") as f:
-        f.write(CONFIG % {"sleep": SLEEP_REAL, "n": N_REAL, "script": shlex.quote(TRAIN)})
+    config = write_config(work, "real_config", N_REAL, SLEEP_REAL)
     search_dir = os.path.join(work, "real_hp_%d" % rep)
     argv = [sys.executable, HPSEARCH, "--grid_module=" + config, "--run_cwd=" + work,
             "--out_dir=" + search_dir, "--force_out_dir", "--run_cluster", "--scheduler=sge",
@@ -261,12 +243,6 @@ def compare_real(work, repeats):
     return hp, hand
 
 
-def environment():
-    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return "Python %s on %s; %s cores; %s" % (platform.python_version(), platform.platform(),
-                                             os.cpu_count(), load)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -307,9 +283,8 @@ def main():
         width = min(2, slots) or 1
         print("    %-42s %6.2f s" % ("ideal (%d x %.0f s, %d at a time):" % (N_REAL, SLEEP_REAL, width),
                                     N_REAL * SLEEP_REAL / width))
-        if hasattr(os, "getloadavg"):
-            print("\nload average at the end: %.2f %.2f %.2f (other work on the machine skews "
-                  "timings)" % os.getloadavg())
+        print("")
+        print_load_average()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
