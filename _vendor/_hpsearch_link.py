@@ -3,6 +3,7 @@
 Standard library only, CPython 3.6+. Not part of any package's API.
 """
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -31,8 +32,8 @@ def load_hpsearch(needed, stand_in):
             del sys.modules[name]
             raise
         return loaded
-    try:
-        import hpsearch as loaded
+    try:  # our own hpsearch.py installed elsewhere on the module path (not a PyPI package)
+        loaded = importlib.import_module("hpsearch")
     except ImportError:
         loaded = None
     if loaded is None or not hasattr(loaded, needed):
