@@ -918,6 +918,11 @@ class SearchFolder(object):
         handle.flush()
         self._lock = handle
 
+    def unlock(self):
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
+
     def find_run_dir(self, run):
         """Where the run's folder is now: in the search folder (which may have moved since),
         where the record says, or in TO_BE_DELETED. ``(path, in_trash)``; path None if gone."""
@@ -2739,6 +2744,13 @@ def make_backend(args, place, folder, run_cwd):
 
 def run_search(args, config, folder, runs, results, place, run_cwd):
     """Run the search's pending runs and report; the exit status."""
+    try:
+        return _run_search(args, config, folder, runs, results, place, run_cwd)
+    finally:
+        folder.unlock()
+
+
+def _run_search(args, config, folder, runs, results, place, run_cwd):
     backend = make_backend(args, place, folder, run_cwd)
     for run in runs:
         if run.state == RUNNING:  # a cluster job an earlier launcher submitted
