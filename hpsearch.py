@@ -1209,7 +1209,8 @@ class Backend(object):
     ``start(run, tok)`` starts it; ``wait(timeout)`` returns the runs that ended (their
                         ``exit_code``/``reason`` set), waiting at most ``timeout`` seconds;
     ``recheck_in()``    seconds until ``slot()`` may change without a run ending (None: never);
-    ``stop()``          ends every run still going.
+    ``running()``       how many runs it has going; ``stop()`` ends every run still going;
+    ``attach(run, id)`` (clusters) follows a job an earlier launcher submitted.
     """
 
     def describe(self):
