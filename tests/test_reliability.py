@@ -836,14 +836,19 @@ def test_resume_uses_the_searchs_own_config_and_warns_if_it_changed(tmp_path):
     assert os.path.isdir(runs["flaky.2"]["out_dir"] + "_attempt1")
 
 
-def test_resume_of_a_finished_search_runs_nothing(tmp_path):
-    project = new_project(tmp_path, ["ok.1", "ok.2"])
+def ended_search(tmp_path, jobs):
+    """A search of ``jobs`` that has run to its end: (project, folder, its tree, its journal)."""
+    project = new_project(tmp_path, jobs)
     rc, out, err = search_with(project)
     assert rc == 0, out + err
     search = only_search(project)
-    before = tree(search)
     with open(os.path.join(search, "run_journal.jsonl")) as f:
         journal = f.read()
+    return project, search, tree(search), journal
+
+
+def test_resume_of_a_finished_search_runs_nothing(tmp_path):
+    project, search, before, journal = ended_search(tmp_path, ["ok.1", "ok.2"])
     rc, out, err = resume(project, search)
     assert rc == 0, out + err
     assert len(ledger(project, "pids.txt")) == 2, "a finished run was started again"
@@ -899,13 +904,7 @@ def test_resume_of_a_folder_that_is_no_search(tmp_path, content):
 
 
 def test_resume_with_dry_run_runs_and_writes_nothing(tmp_path):
-    project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = search_with(project)
-    assert rc == 0, out + err
-    search = only_search(project)
-    before = tree(search)
-    with open(os.path.join(search, "run_journal.jsonl")) as f:
-        journal = f.read()
+    project, search, before, journal = ended_search(tmp_path, ["ok.1", "flaky.2"])
     rc, out, err = resume(project, search, "--dry_run")
     assert rc == 0, out + err
     assert len(ledger(project, "pids.txt")) == 2, "--dry_run started a run:\n" + out

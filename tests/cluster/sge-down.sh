@@ -9,23 +9,10 @@
 # Nothing is ever killed by name. Idempotent. Configuration, spool and accounting are kept, so
 # the next sge-up.sh is quick. qmaster needs 7-10 s to shut down: that is normal.
 set -u
-
-export SGE_ROOT=${SGE_ROOT:-/var/lib/gridengine}
-export SGE_CELL=${SGE_CELL:-default}
-SPOOL=/var/spool/gridengine
-PIDDIR=/var/run/gridengine
+. "$(dirname "$0")/sge-common.sh"   # SGE_ROOT, SGE_CELL, SPOOL, PIDDIR, say, running
 QMASTER_PIDS=("$PIDDIR/qmaster.pid" "$SPOOL/qmaster/qmaster.pid")
 EXECD_PIDS=("$PIDDIR/execd.pid" "$SPOOL"/execd/*/execd.pid)
 
-START=$(date +%s.%N)
-say() { echo "[sge-down $(awk -v a="$(date +%s.%N)" -v b="$START" 'BEGIN{printf "%5.1fs", a-b}')] $*" >&2; }
-
-running() {
-    local pid
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
-}
 
 # stop NAME SECONDS PIDFILE...
 stop() {

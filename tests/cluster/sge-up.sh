@@ -28,24 +28,18 @@
 # SGE_UP_TIMEOUT (seconds per wait, default 90), SGE_UP_SKIP_TEST=1 (no smoke job).
 # Typical times (2 cores): ~25 s with the apt install, ~5 s installed but stopped, ~3 s when up.
 set -euo pipefail
-
-export SGE_ROOT=${SGE_ROOT:-/var/lib/gridengine}
-export SGE_CELL=${SGE_CELL:-default}
+. "$(dirname "$0")/sge-common.sh"   # SGE_ROOT, SGE_CELL, SPOOL, PIDDIR, say, running
 SLOTS=${SGE_SLOTS:-$(nproc)}
 QUEUE=${SGE_QUEUE:-all.q}
 TIMEOUT=${SGE_UP_TIMEOUT:-90}
 PACKAGES="gridengine-master gridengine-exec gridengine-client"
 LIBEXEC=/usr/lib/gridengine
 COMMON=$SGE_ROOT/$SGE_CELL/common
-SPOOL=/var/spool/gridengine
-PIDDIR=/var/run/gridengine
 QMASTER_PID=$PIDDIR/qmaster.pid
 EXECD_PID=$PIDDIR/execd.pid
 DAEMON_ENV=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
             LANG=C.UTF-8 SGE_ROOT="$SGE_ROOT" SGE_CELL="$SGE_CELL")
 
-START=$(date +%s.%N)
-say() { echo "[sge-up $(awk -v a="$(date +%s.%N)" -v b="$START" 'BEGIN{printf "%5.1fs", a-b}')] $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run me as root (the daemons start as root and drop to sgeadmin)"
@@ -60,15 +54,6 @@ trap on_exit EXIT
 
 # quietly COMMAND...: run it, show its output only when it fails
 quietly() { "$@" >"$TMPD/out" 2>&1 || { cat "$TMPD/out" >&2; die "failed: $*"; }; }
-
-# running PIDFILE NAME: the pid in PIDFILE is a live process whose /proc/PID/comm is NAME.
-# SGE leaves its pid files behind on shutdown, so a pid is never trusted without this check.
-running() {
-    local pid
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
-}
 
 # stop PIDFILE NAME SECONDS: SIGTERM, wait, SIGKILL as a last resort; removes the pid file
 stop() {

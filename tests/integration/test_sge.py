@@ -267,6 +267,13 @@ def ours_in_queue(search):
     return sorted(numbers & queued_job_numbers())
 
 
+def delete_leftover_jobs(search):
+    """Never leave jobs of ours behind on the shared Grid Engine, whatever the test did."""
+    left = ours_in_queue(search) if os.path.isdir(search.out) else []
+    if left:
+        run(["qdel"] + left)
+
+
 def assert_queue_drains(search, timeout=15):
     """None of the search's jobs stays in qstat (a job whose exit status hpsearch has read
     may still be listed for a second while Grid Engine reaps it)."""
@@ -303,11 +310,9 @@ def make_search(tmp_path):
     # never leave jobs of ours behind on the shared Grid Engine, whatever the test did
     for search in made:
         try:
-            left = ours_in_queue(search)
+            delete_leftover_jobs(search)
         except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired):
             continue
-        if left:
-            run(["qdel"] + left)
 
 
 def assert_one_query_per_cycle(search):
@@ -425,9 +430,7 @@ def eqw_search(tmp_path_factory):
         s.result = s.search("--num_jobs=1", "--scheduler_args=-o /nonexistent/dir/x")
         yield s
     finally:
-        left = ours_in_queue(s) if os.path.isdir(s.out) else []
-        if left:
-            run(["qdel"] + left)
+        delete_leftover_jobs(s)
 
 
 def test_eqw_job_is_reported_killed_and_the_search_goes_on(eqw_search):
@@ -534,9 +537,7 @@ def env_search(tmp_path_factory):
         s.result = s.search("--num_jobs=1", env=extra)
         yield s
     finally:
-        left = ours_in_queue(s) if os.path.isdir(s.out) else []
-        if left:
-            run(["qdel"] + left)
+        delete_leftover_jobs(s)
 
 
 def test_environment_reaches_the_job_but_not_the_launchers_job_variables(env_search):
