@@ -452,9 +452,6 @@ class Condition(object):
         self.action_digits = action_digits
         self.action_choices = action_choices  # product of the action's value indices
 
-    def matches(self, code):
-        return all(d.of(code) in allowed for d, allowed in self.trigger)
-
     def _mask(self, codes):
         mask = None
         for d, allowed in self.trigger:
@@ -2627,19 +2624,17 @@ def resume_search(args):
     if record.get("scheduler") and not args.run_cluster:  # a cluster search stays one
         args.run_cluster, args.scheduler = True, record["scheduler"]
     journal = folder.read_journal()
+    attached = jobs_to_reattach(runs, journal, folder) if args.run_cluster else {}
     if args.dry_run:  # what would run again, touching nothing
-        again = [r for r in runs if not is_finished(
-            collect_summary(config, r) if os.path.isdir(r.out_dir) else None)]
+        again = [r for r in runs if r.name not in attached and not earlier_outcome(
+            config, folder, r, journal.get(r.name) or [])[0]]
         for run in again:
             print(run.shell_command())
         print("%d commands" % len(again))
         return None
     slots = choose_place(args)
     folder.end_cut_line()
-    if args.run_cluster:
-        attached = jobs_to_reattach(runs, journal, folder)
-    else:
-        attached = {}
+    if not args.run_cluster:
         stop_leftover_processes(folder, runs, journal)
     kept = restore_states(config, folder, runs, journal, attached)
     results = ResultsTable(folder.results, record.get("arg_keys") or [],
@@ -2688,10 +2683,26 @@ def jobs_to_reattach(runs, journal, folder):
     return attached
 
 
+def earlier_outcome(config, folder, run, entries):
+    """What an earlier launcher left of ``run``, touching nothing: ``(finished, folder,
+    summary, exit_code, watched)``. ``watched``: the journal saw it end; otherwise a cluster
+    job that ended unwatched may have left its exit status in jobs/. Finished means a summary
+    saying 'finished 1' and no failing exit, wherever the folder now is (TO_BE_DELETED too)."""
+    found, _ = folder.find_run_dir(run)
+    summary = None
+    if found:
+        planned, run.out_dir = run.out_dir, found
+        summary = collect_summary(config, run)
+        run.out_dir = planned
+    watched = bool(entries) and entries[-1].get("state") in ENDED_STATES
+    exit_code = entries[-1].get("exit_code") if watched else folder.recorded_exit_status(run)
+    finished = is_finished(summary) and exit_code in (0, None)
+    return finished, found, summary, exit_code, watched
+
+
 def restore_states(config, folder, runs, journal, attached):
-    """Mark runs whose summary says 'finished 1' as finished (kept) and cluster jobs still
-    going as running; set the rest up to run again, renaming what their earlier attempt
-    left. Returns the kept runs."""
+    """Mark runs that finished as kept and cluster jobs still going as running; set the rest
+    up to run again, renaming what their earlier attempt left. Returns the kept runs."""
     kept = []
     for run in runs:
         entries = journal.get(run.name) or []
@@ -2699,24 +2710,16 @@ def restore_states(config, folder, runs, journal, attached):
         if run.name in attached:
             run.state, run.job_id = RUNNING, attached[run.name]
             continue
-        found, _ = folder.find_run_dir(run)
-        planned_dir, run.out_dir = run.out_dir, found or run.out_dir
-        run.summary = collect_summary(config, run) if found else None
-        last_ended = [e for e in entries if e.get("state") in ENDED_STATES][-1:]
-        watched = entries and entries[-1].get("state") in ENDED_STATES
-        # A cluster job that ended while no launcher watched left its status in jobs/.
-        run.exit_code = (last_ended[0].get("exit_code") if watched
-                         else folder.recorded_exit_status(run))
-        if not (is_finished(run.summary) and run.exit_code in (0, None)):
-            run.out_dir, run.summary = planned_dir, None  # it runs again, as planned
-        else:  # kept where it is (TO_BE_DELETED too: it did run)
-            run.state = FINISHED
+        finished, found, summary, exit_code, watched = earlier_outcome(
+            config, folder, run, entries)
+        if finished:  # kept where it is
+            run.state, run.out_dir, run.summary, run.exit_code = FINISHED, found, summary, exit_code
             if not watched:  # it finished after the launcher died: record that now
                 folder.keep_run_files(run)
                 folder.log_state(run, noticed_on_resume=True)
             kept.append(run)
             continue
-        if os.path.lexists(run.out_dir) or run.attempt > 0:
+        if os.path.lexists(run.out_dir) or run.attempt > 0:  # it runs again, as planned
             run.attempt = max(run.attempt, 1)
             folder.set_aside(run)
         run.attempt += 1

@@ -816,10 +816,7 @@ def test_two_searches_at_once_into_one_out_dir(tmp_path):
 
 
 def test_resume_uses_the_searchs_own_config_and_warns_if_it_changed(tmp_path):
-    project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = search_with(project)
-    assert rc == 0, out + err
-    search = only_search(project)
+    project, search, _, _ = ended_search(tmp_path, ["ok.1", "flaky.2"])
     runs = record_runs(search)
     assert final_states(search)[runs["flaky.2"]["name"]]["state"] == "failed"
     # The config changes (a new value, a script that does not exist): the search keeps its own.
@@ -977,10 +974,7 @@ def test_huge_number_after_finished_is_not_a_crash(tmp_path):
 
 
 def test_resume_after_a_journal_line_cut_short(tmp_path):
-    project = new_project(tmp_path, ["ok.1", "flaky.2"])
-    rc, out, err = search_with(project)
-    assert rc == 0, out + err
-    search = only_search(project)
+    project, search, _, _ = ended_search(tmp_path, ["ok.1", "flaky.2"])
     runs = record_runs(search)
     journal = os.path.join(search, "run_journal.jsonl")
     whole, bad = journal_entries(journal)

@@ -274,6 +274,18 @@ def delete_leftover_jobs(search):
         run(["qdel"] + left)
 
 
+def interrupt_when(search, proc, what, ready, settle=0.0):
+    """Ctrl-C to a launcher once ``ready()`` holds; its (rc, stdout, stderr)."""
+    try:
+        search.wait_for(what, ready)
+        time.sleep(settle)
+        proc.send_signal(signal.SIGINT)
+        return search.finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def assert_queue_drains(search, timeout=15):
     """None of the search's jobs stays in qstat (a job whose exit status hpsearch has read
     may still be listed for a second while Grid Engine reaps it)."""
@@ -454,15 +466,9 @@ def test_eqw_job_given_up_is_deleted_from_the_queue(eqw_search):
 def test_ctrl_c_deletes_all_our_jobs_with_one_qdel(make_search):
     s = make_search({"id": [1, 2, 3, 4], "sleep": [60]})
     proc = s.start(s.argv("--num_jobs=3"))
-    try:
-        s.wait_for("three jobs submitted and one running",
-                   lambda: len(s.calls("qsub")) == 3 and len(s.ledger("start")) >= 1)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        rc, out, err = s.finish(proc, timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rc, out, err = interrupt_when(
+        s, proc, "three jobs submitted and one running",
+        lambda: len(s.calls("qsub")) == 3 and len(s.ledger("start")) >= 1, settle=0.5)
     assert rc == 130, (out, err)
     qdels = s.calls("qdel")
     assert len(qdels) == 1, qdels
@@ -481,13 +487,8 @@ def test_detach_then_resume_reattaches_without_resubmitting(make_search, array):
     s = make_search({"id": [1, 2, 3, 4], "sleep": [3]})
     flags = ["--num_jobs=2", "--detach"] + (["--array"] if array else [])
     proc = s.start(s.argv(*flags))
-    try:
-        s.wait_for("a job running", lambda: len(s.ledger("start")) >= 1)
-        proc.send_signal(signal.SIGINT)
-        rc, out, err = s.finish(proc, timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rc, out, err = interrupt_when(s, proc, "a job running",
+                                  lambda: len(s.ledger("start")) >= 1)
     assert rc == 130, (out, err)
     assert "--detach" in out, out
     assert s.calls("qdel") == []
