@@ -24,14 +24,13 @@ import math
 import operator
 import os
 import pickle
-import queue
 import random
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
 from xml.etree import ElementTree
@@ -688,6 +687,21 @@ def command_prefix(python, script_name):
 
 def build_argv(prefix, out_arg, out_dir, arguments):
     return prefix + ["--%s=%s" % (out_arg, out_dir)] + arguments
+
+
+def check_interpreter(python, run_cwd, origin):
+    """Local runs: ``python`` must be a program they can start (a path is taken from
+    ``run_cwd``, as the runs start there; a bare name is looked up on PATH). ``origin`` names
+    where the value came from, for the message."""
+    if os.path.dirname(python):
+        path = os.path.join(run_cwd, python)
+        found = os.path.isfile(path) and os.access(path, os.X_OK)
+    else:
+        found = shutil.which(python) is not None
+    if not found:
+        raise UsageError("%s %s was not found (looked up from the runs' folder %s); give the "
+                         "interpreter that runs the training script with --python=PATH"
+                         % (origin, python, run_cwd))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1437,11 +1451,52 @@ def _in_session(pid, session_leader):
         return False
 
 
+class ChildExitAlarm(object):
+    """Wakes a waiting loop the moment a child process ends, without a thread per child.
+
+    SIGCHLD gets a (no-op) Python handler, so Python writes a byte for it into the signal
+    wake-up pipe; ``wait`` sleeps in select() on that pipe. Ctrl-C and SIGTERM write there too,
+    so they wake the loop at once as well. Works from the main thread only (Python's rule for
+    signal handlers); ``close`` puts back what was there before.
+    """
+
+    def __init__(self):
+        self.read_fd, self.write_fd = os.pipe()
+        for fd in (self.read_fd, self.write_fd):
+            os.set_blocking(fd, False)
+        self.old_wakeup_fd = signal.set_wakeup_fd(self.write_fd)
+        self.old_handler = signal.signal(signal.SIGCHLD, _no_op_handler)
+
+    def clear(self):
+        """Forget the signals so far; call before looking at the children, so that one ending
+        after the look still wakes the next ``wait``."""
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except OSError:  # empty (EAGAIN)
+            pass
+
+    def wait(self, timeout):
+        """Sleep until a signal arrives or ``timeout`` seconds pass."""
+        select.select([self.read_fd], [], [], max(0.0, timeout))
+
+    def close(self):
+        signal.set_wakeup_fd(self.old_wakeup_fd)
+        signal.signal(signal.SIGCHLD, self.old_handler)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _no_op_handler(signum, frame):
+    pass
+
+
 class LocalBackend(Backend):
     """Runs on this machine, each in its own process session so it can be stopped whole.
 
-    A thread per run waits for its process and posts it to a queue: the loop wakes the moment a
-    run ends. Output goes straight into files, so no pipe needs draining.
+    The loop sleeps on a ChildExitAlarm and wakes the moment a run ends; the main thread itself
+    then reaps it (the next run starts from the thread that saw the end, with no hand-over
+    between threads). Output goes straight into files, so no pipe needs draining.
     """
 
     # Seconds between SIGTERM and SIGKILL for a run that outlived --run_timeout.
@@ -1452,7 +1507,8 @@ class LocalBackend(Backend):
         self.folder = folder
         self.cwd = cwd
         self.run_timeout = run_timeout
-        self.ended = queue.Queue()
+        self.alarm = ChildExitAlarm()
+        self.failed_starts = []   # runs whose command could not be started
         self.active = {}
         self.deadlines = {}       # run name -> when to send the next signal
 
@@ -1480,7 +1536,7 @@ class LocalBackend(Backend):
             except OSError as exc:
                 self.slots.release(token)
                 run.exit_code, run.reason = 127, "could not start: %s" % exc
-                self.ended.put(run)
+                self.failed_starts.append(run)
                 return
         # The run is under way; what follows overlaps its start-up instead of delaying it.
         run.process = proc
@@ -1489,12 +1545,7 @@ class LocalBackend(Backend):
         if self.run_timeout:
             self.deadlines[run.name] = now() + self.run_timeout
         self.slots.started(token, proc.pid)
-        threading.Thread(target=self._wait_for, args=(run, proc), daemon=True).start()
         write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
-
-    def _wait_for(self, run, proc):
-        proc.wait()
-        self.ended.put(run)
 
     def _enforce_timeouts(self):
         """SIGTERM to runs past --run_timeout, SIGKILL to those still there after a grace."""
@@ -1511,14 +1562,18 @@ class LocalBackend(Backend):
                 signal_group(run.job_id, signal.SIGKILL)
                 del self.deadlines[name]
 
+    def _reap(self):
+        """Runs that ended (their processes reaped), including those that never started."""
+        self.alarm.clear()
+        ended, self.failed_starts = self.failed_starts, []
+        ended.extend(run for run, _ in self.active.values() if run.process.poll() is not None)
+        return ended
+
     def wait(self, timeout):
-        ended = []
-        try:
-            ended.append(self.ended.get(timeout=timeout))
-            while True:
-                ended.append(self.ended.get_nowait())
-        except queue.Empty:
-            pass
+        ended = self._reap()
+        if not ended:
+            self.alarm.wait(timeout)
+            ended = self._reap()
         for run in ended:
             self.deadlines.pop(run.name, None)
             if run.killed and run.job_id:  # its children may ignore SIGTERM: end them too
@@ -1542,7 +1597,10 @@ class LocalBackend(Backend):
         terminate_groups([run.job_id for run, _ in self.active.values()], grace, hurry)
 
     def running(self):
-        return len(self.active)
+        return len(self.active) + len(self.failed_starts)
+
+    def finish_up(self):
+        self.alarm.close()
 
 
 MARKER_VARIABLE = "HPSEARCH_SEARCH_DIR"
@@ -2586,6 +2644,8 @@ def new_search(args):
             print(" ".join(shlex.quote(a) for a in prefix + space.arguments(c)))
         print("%d commands" % len(configs))
         return None
+    if not args.run_cluster:
+        check_interpreter(args.python, run_cwd, "--python:")
     slots = choose_place(args)  # before anything is written: a GPU problem stops us here
     folder_path, stamp = create_search_dir(resolve_out_dir(args), args.force_out_dir,
                                            args.dont_force_new_dir)
@@ -2632,6 +2692,9 @@ def resume_search(args):
             print(run.shell_command())
         print("%d commands" % len(again))
         return None
+    if not args.run_cluster and runs:
+        check_interpreter(runs[0].argv[0], run_cwd, "--resume %s: the search's interpreter"
+                          % folder.path)
     slots = choose_place(args)
     folder.end_cut_line()
     if not args.run_cluster:

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark: local runs of hpsearch against plain shell tools (stdlib only).
 
-    python3 bench/bench_local.py
+    python3 bench/bench_local.py                 # all cases, ~10 min
+    python3 bench/bench_local.py --only b        # one case (a, b, c; repeatable)
+    python3 bench/bench_local.py --repeats-b 60  # more repetitions where the machine is noisy
 
 Every run is ``bench/sleep_train.py`` (makes its out_dir, sleeps ``--sleep`` s, writes a
 ``finished 1`` summary). The other side of each comparison runs the SAME commands: the lines of
 the search's ``commands.sh`` with the search folder replaced by a fresh folder (the script refuses
 an existing out_dir). Both sides are timed as a whole from outside (start of the process to its
-exit), side by side in the same run, 3 times, alternating which goes first; the median is shown.
+exit), side by side in the same run, alternating which goes first (hp, plain, plain, hp, ...).
+The figure is the ratio of the two sides' medians, shown with a 90 % bootstrap interval (each
+side resampled) that says how far the machine's noise leaves it uncertain.
 
 (a) 200 configs sleeping 0.2 s on 2 fake GPUs (tests/fake_bin/nvidia-smi, state file in
     $FAKE_NVIDIA_SMI_STATE): ``hpsearch.py --visible_gpus=0,1 --max_num_jobs_per_gpu=2
@@ -18,7 +22,11 @@ exit), side by side in the same run, 3 times, alternating which goes first; the 
     Target: hpsearch wall <= 1.10x xargs wall.
 (b) 100 configs that exit at once, ``--visible_gpus=-1`` (one after another) vs ``sh FILE``
     running the same commands one after another (each under setsid, as in (a)).
-    Target: <= 1.10x.
+    Target: <= 1.10x. Each side is ~100 Python start-ups, pure CPU work, and this shared VM's
+    CPU speed drifts by up to 1.5x within seconds, differently on each CPU: one pair of
+    measurements says little, so (b) is repeated 30 times (a: 5; its runs mostly sleep).
+    Also shown, no target: the launch work alone, with runs whose command is ``/bin/true``
+    (``--python=/usr/bin/env``), against ``sh`` running the same no-op commands.
 (c) Peak memory (ru_maxrss) of an hpsearch process with 10,000 configs queued
     (``--visible_gpus=-1 --local_jobs=2``, runs that exit at once), stopped with SIGINT after
     5 s: all 10,000 runs are planned, written and queued before the first starts, so the peak
@@ -30,9 +38,11 @@ exit), side by side in the same run, 3 times, alternating which goes first; the 
 Exit status 1 if a target is missed.
 """
 
+import argparse
 import glob
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -46,7 +56,8 @@ import time
 from _common import HPSEARCH, ROOT, environment, report, write_config
 
 FAKE_BIN = os.path.join(ROOT, "tests", "fake_bin")
-REPEATS = 5
+REPEATS = {"a": 5, "b": 30, "noop": 7}
+BOOTSTRAP_DRAWS = 2000
 SETSID = shutil.which("setsid")
 
 TARGET_RATIO = 1.10
@@ -97,12 +108,13 @@ def check_search(search_dir, n, log):
                          % (search_dir, n, text[-2000:]))
 
 
-def compare(work, label, n, sleep, hp_flags, other_tool, env):
+def compare(work, label, n, sleep, hp_flags, other_tool, env, repeats, config=None,
+            check=True):
     """Alternate hpsearch and the shell tool over the same commands; their wall times."""
-    config = write_config(work, label, n, sleep)
+    config = config or write_config(work, label, n, sleep)
     hp_times, other_times = [], []
     commands = None
-    for rep in range(REPEATS):
+    for rep in range(repeats):
         order = ("hp", "other") if rep % 2 == 0 else ("other", "hp")
         if commands is None:  # the shell side needs the commands of one search first
             order = ("hp", "other")
@@ -112,7 +124,8 @@ def compare(work, label, n, sleep, hp_flags, other_tool, env):
                 log = search_dir + ".log"
                 hp_times.append(timed(hpsearch_argv(config, work, search_dir, hp_flags),
                                       env=env, log=log))
-                check_search(search_dir, n, log)
+                if check:
+                    check_search(search_dir, n, log)
                 commands = (search_dir, search_commands(search_dir))
             else:
                 plain_dir = os.path.join(work, "%s_plain_%d" % (label, rep))
@@ -121,7 +134,7 @@ def compare(work, label, n, sleep, hp_flags, other_tool, env):
                 with open(cmd_file, "w") as f:
                     f.write("".join(line + "\n" for line in lines))
                 other_times.append(other_tool(cmd_file, env))
-                if count_finished(plain_dir) != n:
+                if check and count_finished(plain_dir) != n:
                     raise SystemExit("bench_local: %s ran %d of %d commands"
                                      % (label, count_finished(plain_dir), n))
     return hp_times, other_times
@@ -225,67 +238,142 @@ def measure_memory(work, n, env):
     return figures, cross
 
 
-def main():
-    print("bench_local: " + environment())
-    print("timings: median of %d, hpsearch and the shell tool alternating\n" % REPEATS)
-    work = tempfile.mkdtemp(prefix="hpsearch_bench_")
-    try:
-        env = dict(os.environ)
-        env["PATH"] = FAKE_BIN + os.pathsep + env.get("PATH", "")
-        state = os.path.join(work, "gpus.json")
-        with open(state, "w") as f:
-            json.dump({"gpus": [{"index": i, "uuid": "GPU-bench-%d" % i, "name": "Fake GPU",
-                                 "memory_total": 16384, "memory_used": 0, "utilization": 0}
-                                for i in range(2)]}, f)
-        env["FAKE_NVIDIA_SMI_STATE"] = state
-        env.pop("FAKE_NVIDIA_SMI_LOG", None)
+NOOP_CONFIG = """\
+grid = {"seed": list(range(%(n)d))}
+conditions = []
+_SCRIPT_NAME = "/bin/true"
+_SUMMARY_FILENAME = "performance_overview.txt"
+_SUMMARY_KEYWORDS = ["finished"]
+_OUT_ARG = "out_dir"
+_SUMMARY_PARSER_HANDLE = None
+_PERFORMANCE_KEY = "finished"
+_PERFORMANCE_SORT_ASC = False
+"""
 
-        a_hp, a_x = compare(work, "gpu", 200, 0.2, [
-            "--visible_gpus=0,1", "--max_num_jobs_per_gpu=2", "--sim_startup_time=0",
-            "--allowed_memory=1", "--allowed_load=1"], run_xargs, env)
-        b_hp, b_sh = compare(work, "seq", 100, 0, ["--visible_gpus=-1"], run_sh, env)
-        mem, cross = measure_memory(work, 10000, env)
+
+def launch_cost(work, n, env, repeats):
+    """hpsearch and ``sh`` over ``n`` runs whose command does nothing (``/usr/bin/env
+    /bin/true ARGS``): what each launcher itself costs, without the runs' own start-up."""
+    if not os.path.exists("/bin/true") or not os.path.exists("/usr/bin/env"):
+        return None
+    config = os.path.join(work, "noop.py")
+    with open(config, "w") as f:
+        f.write(NOOP_CONFIG % {"n": n})
+    return compare(work, "noop", n, 0, ["--visible_gpus=-1", "--python=/usr/bin/env"], run_sh,
+                   env, repeats, config=config, check=False)
+
+
+def ratio_interval(hp, plain, draws=BOOTSTRAP_DRAWS):
+    """A 90 % bootstrap interval of median(hp) / median(plain) (each side resampled)."""
+    rng = random.Random(1)
+    med = statistics.median
+    ratios = sorted(med([rng.choice(hp) for _ in hp]) / med([rng.choice(plain) for _ in plain])
+                    for _ in range(draws))
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Local runs: hpsearch against plain shell tools.")
+    p.add_argument("--only", action="append", choices=["a", "b", "c"],
+                   help="run only this case (repeatable); default: all")
+    p.add_argument("--repeats-a", type=int, default=REPEATS["a"], metavar="N")
+    p.add_argument("--repeats-b", type=int, default=REPEATS["b"], metavar="N")
+    args = p.parse_args(argv)
+    args.only = set(args.only or "abc")
+    return args
+
+
+def fake_gpu_env(work):
+    """The environment with tests/fake_bin first on PATH and 2 idle fake GPUs."""
+    env = dict(os.environ)
+    env["PATH"] = FAKE_BIN + os.pathsep + env.get("PATH", "")
+    state = os.path.join(work, "gpus.json")
+    with open(state, "w") as f:
+        json.dump({"gpus": [{"index": i, "uuid": "GPU-bench-%d" % i, "name": "Fake GPU",
+                             "memory_total": 16384, "memory_used": 0, "utilization": 0}
+                            for i in range(2)]}, f)
+    env["FAKE_NVIDIA_SMI_STATE"] = state
+    env.pop("FAKE_NVIDIA_SMI_LOG", None)
+    return env
+
+
+def show_timings(label, hp, plain, plain_name):
+    """One table row: medians, their ratio with its interval, every measurement; the ratio."""
+    med = statistics.median
+    ratio = med(hp) / med(plain)
+    low, high = ratio_interval(hp, plain)
+    fmt = lambda ts: " ".join("%.2f" % t for t in ts)
+    print("%-46s %9.2f %9.2f %7.3f  %.3f-%.3f" % (label, med(hp), med(plain), ratio, low, high))
+    print("    hpsearch: %s\n    %s: %s" % (fmt(hp), plain_name, fmt(plain)))
+    print("    pairwise (same repetition): %s" % " ".join(
+        "%.2f" % (h / x) for h, x in zip(hp, plain)))
+    return ratio
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print("bench_local: " + environment())
+    print("timings: hpsearch and the shell tool alternating; medians; ratio of the medians with "
+          "a 90%% bootstrap interval; (a) %d, (b) %d repetitions\n" % (args.repeats_a,
+                                                                        args.repeats_b))
+    work = tempfile.mkdtemp(prefix="hpsearch_bench_")
+    results = {}
+    try:
+        env = fake_gpu_env(work)
+        if "a" in args.only:
+            results["a"] = compare(work, "gpu", 200, 0.2, [
+                "--visible_gpus=0,1", "--max_num_jobs_per_gpu=2", "--sim_startup_time=0",
+                "--allowed_memory=1", "--allowed_load=1"], run_xargs, env, args.repeats_a)
+        if "b" in args.only:
+            results["b"] = compare(work, "seq", 100, 0, ["--visible_gpus=-1"], run_sh, env,
+                                   args.repeats_b)
+            results["noop"] = launch_cost(work, 100, env, REPEATS["noop"])
+        if "c" in args.only:
+            results["c"] = measure_memory(work, 10000, env)
         setsid_ms = setsid_cost_ms()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
-    ratio_a, ratio_b = med(a_hp) / med(a_x), med(b_hp) / med(b_sh)
-    peak = max([m for m, _ in mem] + ([cross] if cross is not None else []))
-    fmt = lambda ts: " ".join("%.2f" % t for t in ts)
-    print("%-52s %10s %10s %7s   %s" % ("case", "hpsearch s", "plain s", "ratio", "all runs"))
-    print("-" * 100)
-    print("%-52s %10.2f %10.2f %7.3f   hp %s | xargs %s" % (
-        "(a) 200 x 0.2 s, 2 GPUs x 2 vs xargs -P 4", med(a_hp), med(a_x), ratio_a, fmt(a_hp),
-        fmt(a_x)))
-    print("%-52s %10.2f %10.2f %7.3f   hp %s | sh %s" % (
-        "(b) 100 x exit at once, sequential vs sh loop", med(b_hp), med(b_sh), ratio_b,
-        fmt(b_hp), fmt(b_sh)))
-    print("pairwise ratios (hpsearch/plain, same repetition): (a) %s; (b) %s" % (
-        " ".join("%.3f" % (h / x) for h, x in zip(a_hp, a_x)),
-        " ".join("%.3f" % (h / x) for h, x in zip(b_hp, b_sh))))
-    print("plain side: each command %s" % (
-        "under setsid (its own session, as hpsearch does; setsid adds %.1f ms per command)"
-        % setsid_ms if SETSID else "without setsid (not found)"))
-    print("(a) ideal: 200 x 0.2 s / 4 = 10.0 s; per-run overhead over ideal: hpsearch %.1f ms, "
-          "xargs %.1f ms" % ((med(a_hp) - 10.0) / 50 * 1000, (med(a_x) - 10.0) / 50 * 1000))
-    print("(b) per run: hpsearch %.1f ms, sh %.1f ms" % (med(b_hp) / 100 * 1000,
-                                                         med(b_sh) / 100 * 1000))
+    checks = []
+    print("%-46s %9s %9s %7s  %s" % ("case", "hpsearch", "plain", "ratio", "90% interval"))
+    print("-" * 90)
+    if "a" in results:
+        a_hp, a_x = results["a"]
+        ratio = show_timings("(a) 200 x 0.2 s, 2 GPUs x 2 vs xargs -P 4 (s)", a_hp, a_x, "xargs")
+        print("    ideal: 200 x 0.2 s / 4 = 10.0 s; per-run overhead over ideal: hpsearch "
+              "%.1f ms, xargs %.1f ms" % ((med(a_hp) - 10.0) / 50 * 1000,
+                                          (med(a_x) - 10.0) / 50 * 1000))
+        checks.append(("(a) hpsearch <= %.2fx xargs -P 4" % TARGET_RATIO,
+                       ratio <= TARGET_RATIO, "%.3fx" % ratio))
+    if "b" in results:
+        b_hp, b_sh = results["b"]
+        ratio = show_timings("(b) 100 x exit at once, sequential vs sh (s)", b_hp, b_sh, "sh")
+        print("    per run: hpsearch %.1f ms, sh %.1f ms" % (med(b_hp) * 10, med(b_sh) * 10))
+        if results["noop"]:
+            n_hp, n_sh = results["noop"]
+            print("    launch work alone, 100 runs of /bin/true: hpsearch %.3f s, sh %.3f s: "
+                  "hpsearch adds %.3f s (start-up included) = %.1f %% of (b)'s sh median"
+                  % (med(n_hp), med(n_sh), med(n_hp) - med(n_sh),
+                     100.0 * (med(n_hp) - med(n_sh)) / med(b_sh)))
+        checks.append(("(b) hpsearch <= %.2fx sh loop" % TARGET_RATIO, ratio <= TARGET_RATIO,
+                       "%.3fx" % ratio))
+    if "a" in results or "b" in results:
+        print("plain side: each command %s" % (
+            "under setsid (its own session, as hpsearch does; setsid adds %.1f ms per command)"
+            % setsid_ms if SETSID else "without setsid (not found)"))
+    if "c" in results:
+        mem, cross = results["c"]
+        peak = max([m for m, _ in mem] + ([cross] if cross is not None else []))
+        print("\n(c) 10,000 configs queued, --local_jobs=2, SIGINT after %.0f s:" % STOP_AFTER_S)
+        for i, (m, ended) in enumerate(mem):
+            print("    run %d: peak RSS %.1f MB (runs ended before the stop: %d)"
+                  % (i + 1, m, ended))
+        if cross is not None:
+            print("    /usr/bin/time -v: maximum resident set size %.1f MB" % cross)
+        checks.append(("(c) peak RSS with 10,000 queued < %.0f MB" % TARGET_MEMORY_MB,
+                       peak < TARGET_MEMORY_MB, "%.1f MB" % peak))
     print("")
-    print("(c) 10,000 configs queued, --local_jobs=2, SIGINT after %.0f s:" % STOP_AFTER_S)
-    for i, (m, ended) in enumerate(mem):
-        print("    run %d: peak RSS %.1f MB (runs ended before the stop: %d)" % (i + 1, m, ended))
-    if cross is not None:
-        print("    /usr/bin/time -v: maximum resident set size %.1f MB" % cross)
-    print("")
-    checks = [
-        ("(a) hpsearch <= %.2fx xargs -P 4" % TARGET_RATIO, ratio_a <= TARGET_RATIO,
-         "%.3fx" % ratio_a),
-        ("(b) hpsearch <= %.2fx sh loop" % TARGET_RATIO, ratio_b <= TARGET_RATIO,
-         "%.3fx" % ratio_b),
-        ("(c) peak RSS with 10,000 queued < %.0f MB" % TARGET_MEMORY_MB,
-         peak < TARGET_MEMORY_MB, "%.1f MB" % peak),
-    ]
     return report(checks)
 
 

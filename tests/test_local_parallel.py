@@ -9,6 +9,8 @@ run_journal.jsonl. Margins are generous: a busy 2-core machine must not make the
 
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 
@@ -16,6 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_helpers as gh  # noqa: E402
+import hpsearch  # noqa: E402  (gpu_helpers put the repository on sys.path)
 
 
 @pytest.fixture
@@ -81,6 +84,75 @@ def test_freed_slot_is_refilled_quickly(env):
         gaps.append(t - before[-1])
     assert len(gaps) == 3
     assert max(gaps) < 1.0, "slot refilled only after %.2f s: %s" % (max(gaps), gaps)
+
+
+def test_runs_that_cannot_start_are_recorded_as_failed_not_lost(env):
+    """A command the system refuses to execute (an executable file that is no program: exec
+    fails with ENOEXEC after the up-front check passed) fails each run with exit 127 and the
+    reason, in the journal, the CSV and the summary line; the search still ends."""
+    not_a_program = os.path.join(env.dir, "not_a_program")
+    with open(not_a_program, "w") as f:
+        f.write("no shebang line, no machine code\n")
+    os.chmod(not_a_program, 0o755)
+    env.write_config({"sleep": [0.1], "idx": [0, 1, 2]})
+    res = env.run("--local_jobs=2", "--python=" + not_a_program, timeout=30)
+    assert_ok(res)
+    assert "done: 0 finished, 0 unfinished, 3 failed" in res.stdout, res.stdout
+    ended = [e for e in env.journal() if e["state"] != "running"]
+    assert sorted(e["state"] for e in ended) == ["failed"] * 3
+    assert all(e["exit_code"] == 127 and "could not start" in e["reason"] for e in ended), ended
+    assert len(env.results_rows()) == 1 + 3
+
+
+def test_missing_interpreter_is_a_usage_error(env):
+    env.write_config({"sleep": [0.1], "idx": [0, 1]})
+    res = env.run("--visible_gpus=-1", "--python=" + os.path.join(env.dir, "no_such_python"))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--python" in lines[0] and "no_such_python" in lines[0], lines
+    assert env.search_dirs() == [], "nothing is laid out for a search that cannot run"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_launcher_keeps_one_thread_however_many_runs_go(env):
+    """Run ends wake the loop through SIGCHLD: no waiter thread per run."""
+    env.write_config({"sleep": [3.0], "idx": list(range(4))})
+    proc = env.start("--local_jobs=4")
+    deadline = time.time() + 30
+    while time.time() < deadline and len(env.runs()) < 4:
+        time.sleep(0.05)
+    threads = len(os.listdir("/proc/%d/task" % proc.pid))
+    code, out, err = env.finish(proc)
+    assert code == 0, err
+    assert len(env.runs()) == 4
+    assert threads == 1, "hpsearch had %d threads with 4 runs going" % threads
+
+
+def _wakeup_fd():
+    """The signal wake-up fd now set (reading it means setting it: put it back at once)."""
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+def test_child_exit_alarm_wakes_when_a_child_ends_and_restores_signal_state():
+    handler_before, fd_before = signal.getsignal(signal.SIGCHLD), _wakeup_fd()
+    alarm = hpsearch.ChildExitAlarm()
+    try:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+        t0 = time.monotonic()
+        alarm.wait(30)
+        woke_after = time.monotonic() - t0
+        child.wait()
+        assert woke_after < 10, "the child's end did not wake the wait (took %.1f s)" % woke_after
+        alarm.clear()
+        t0 = time.monotonic()
+        alarm.wait(0.3)
+        assert time.monotonic() - t0 >= 0.25, "a cleared alarm woke without a new signal"
+    finally:
+        alarm.close()
+    assert signal.getsignal(signal.SIGCHLD) == handler_before
+    assert _wakeup_fd() == fd_before
 
 
 def test_results_row_appended_as_each_run_ends(env):
