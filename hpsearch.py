@@ -2161,6 +2161,10 @@ class ClusterBackend(Backend):
             print("hpsearch: --detach: %d job(s) left to the scheduler" % len(jobs))
             self.active = {}
             return
+        # Exit statuses written before the cancel are the jobs' own; one written after it
+        # (a job script recording the SIGTERM it got) still means we killed that job.
+        own_ends = {job_id: self.folder.recorded_exit_status(self.active[job_id])
+                    for job_id in jobs}
         if jobs:
             code, _, err = run_scheduler(self.scheduler.cancel_argv(jobs), env=self.env)
             print("hpsearch: cancelled %d job(s) with %s%s" % (
@@ -2168,7 +2172,7 @@ class ClusterBackend(Backend):
                 "" if code == 0 else " (it said: %s)" % _first_line(err)))
         for job_id in jobs:
             run = self.active[job_id]
-            run.exit_code = self.folder.recorded_exit_status(run)
+            run.exit_code = own_ends[job_id]
             if run.exit_code is None:
                 run.killed, run.reason = True, "cancelled by hpsearch"
             self._end(job_id)
