@@ -759,15 +759,17 @@ def is_finished(summary):
         return False
 
 
-def collect_summary(config, run):
-    """The run's summary dict, or None when there is none (missing, unreadable, parser error)."""
+def collect_summary(config, run, out_dir=None):
+    """The run's summary dict, or None when there is none (missing, unreadable, parser error).
+    ``out_dir``: where the run's folder is, when no longer at ``run.out_dir``."""
+    out_dir = out_dir or run.out_dir
     try:
         if config.summary_parser is not None:
-            summary = config.summary_parser(run.out_dir, run.index)
+            summary = config.summary_parser(out_dir, run.index)
             if not isinstance(summary, dict):
                 return None
             return {k: unwrap(v) for k, v in summary.items()}
-        return read_summary_file(os.path.join(run.out_dir, config.summary_filename),
+        return read_summary_file(os.path.join(out_dir, config.summary_filename),
                                  config.summary_keywords)
     except Exception:  # the script's output is not ours to trust: no summary, run recorded
         return None
@@ -1373,41 +1375,46 @@ def _proc_stat(pid):
         return None
 
 
-def _group_alive(pgid):
-    """Whether a process of the group still runs. Zombies do not count: an orphan's zombie
-    waits for pid 1 to reap it, which can take seconds."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but not ours to signal
-        return True
-    if not os.path.isdir("/proc/self"):
-        return True
-    for pid in os.listdir("/proc"):
+def _processes():
+    """``(pid, state, process group)`` of every process (Linux /proc; none elsewhere)."""
+    for pid in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
         if pid.isdigit():
             stat = _proc_stat(pid)
-            if stat and stat[1] == pgid and stat[0] != "Z":
-                return True
-    return False
+            if stat:
+                yield int(pid), stat[0], stat[1]
+
+
+def alive_groups(pgids):
+    """Those of the process groups ``pgids`` in which a process still runs, in one look at
+    /proc for all of them. Zombies do not count: an orphan's zombie waits for pid 1 to reap
+    it, which can take seconds."""
+    existing = set()
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            continue
+        except OSError:  # exists but not ours to signal
+            pass
+        existing.add(pgid)
+    if not existing or not os.path.isdir("/proc/self"):
+        return existing
+    return existing & {pgid for _, state, pgid in _processes() if state != "Z"}
 
 
 def groups_marked(marker):
     """Process groups with a process whose environment holds ``marker`` (Linux /proc)."""
     wanted = marker.encode("utf-8", "surrogateescape") + b"\0"
     groups = set()
-    for pid in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
-        if not pid.isdigit() or int(pid) == os.getpid():
+    for pid, state, pgid in _processes():
+        if pid == os.getpid() or state == "Z":
             continue
         try:
-            with open("/proc/%s/environ" % pid, "rb") as f:
-                if wanted not in f.read() + b"\0":
-                    continue
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                if wanted in f.read() + b"\0":
+                    groups.add(pgid)
         except OSError:
             continue
-        stat = _proc_stat(pid)
-        if stat and stat[0] != "Z":
-            groups.add(stat[1])
     return groups
 
 
@@ -1424,11 +1431,10 @@ def terminate_groups(pgids, grace, hurry=lambda: False):
     for pgid in pgids:
         signal_group(pgid, signal.SIGTERM)
     deadline = now() + grace
-    while now() < deadline and not hurry() and any(_group_alive(g) for g in pgids):
+    while now() < deadline and not hurry() and alive_groups(pgids):
         time.sleep(0.05)
-    for pgid in pgids:
-        if _group_alive(pgid):
-            signal_group(pgid, signal.SIGKILL)
+    for pgid in alive_groups(pgids):
+        signal_group(pgid, signal.SIGKILL)
 
 
 def process_start_time(pid):
@@ -2721,16 +2727,15 @@ def stop_leftover_processes(folder, runs, journal):
     """Runs of a killed launcher may still be alive: end them (and their children) before
     they are run again. Found by the marker in their environment (even one killed before
     the journal got its pid), and by the pids the journal has."""
-    leftovers = groups_marked(run_marker(folder))
+    journaled = []
     for run in runs:
         entries = journal.get(run.name)
         last = entries[-1] if entries else None
         if last and last.get("state") == RUNNING and last.get("job_id"):
             pid = last["job_id"]
-            same = last.get("job_start") in (None, process_start_time(pid))
-            if same and _group_alive(pid):
-                leftovers.add(pid)
-    leftovers = sorted(leftovers)
+            if last.get("job_start") in (None, process_start_time(pid)):
+                journaled.append(pid)
+    leftovers = sorted(groups_marked(run_marker(folder)) | alive_groups(journaled))
     if leftovers:
         print("hpsearch: stopping %d run(s) left over from the interrupted launcher"
               % len(leftovers))
@@ -2756,11 +2761,7 @@ def earlier_outcome(config, folder, run, entries):
     job that ended unwatched may have left its exit status in jobs/. Finished means a summary
     saying 'finished 1' and no failing exit, wherever the folder now is (TO_BE_DELETED too)."""
     found, _ = folder.find_run_dir(run)
-    summary = None
-    if found:
-        planned, run.out_dir = run.out_dir, found
-        summary = collect_summary(config, run)
-        run.out_dir = planned
+    summary = collect_summary(config, run, found) if found else None
     watched = bool(entries) and entries[-1].get("state") in ENDED_STATES
     exit_code = entries[-1].get("exit_code") if watched else folder.recorded_exit_status(run)
     finished = is_finished(summary) and exit_code in (0, None)

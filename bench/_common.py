@@ -36,11 +36,12 @@ def load_hpsearch():
     return hpsearch
 
 
-def write_config(work, name, n, sleep):
-    """Write CONFIG for ``n`` runs sleeping ``sleep`` s as ``work/name.py``; its path."""
+def write_config(work, name, n, sleep, script=TRAIN):
+    """Write CONFIG for ``n`` runs sleeping ``sleep`` s as ``work/name.py``; its path.
+    ``script``: another program in place of TRAIN (it gets the same arguments)."""
     path = os.path.join(work, name + ".py")
     with open(path, "w") as f:
-        f.write(CONFIG % {"sleep": sleep, "n": n, "script": shlex.quote(TRAIN)})
+        f.write(CONFIG % {"sleep": sleep, "n": n, "script": shlex.quote(script)})
     return path
 
 

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-from _common import HPSEARCH, ROOT, environment, report, write_config
+from _common import HPSEARCH, ROOT, TRAIN, environment, report, write_config
 
 FAKE_BIN = os.path.join(ROOT, "tests", "fake_bin")
 REPEATS = {"a": 5, "b": 30, "noop": 7}
@@ -108,10 +108,10 @@ def check_search(search_dir, n, log):
                          % (search_dir, n, text[-2000:]))
 
 
-def compare(work, label, n, sleep, hp_flags, other_tool, env, repeats, config=None,
+def compare(work, label, n, sleep, hp_flags, other_tool, env, repeats, script=TRAIN,
             check=True):
     """Alternate hpsearch and the shell tool over the same commands; their wall times."""
-    config = config or write_config(work, label, n, sleep)
+    config = write_config(work, label, n, sleep, script)
     hp_times, other_times = [], []
     commands = None
     for rep in range(repeats):
@@ -238,29 +238,13 @@ def measure_memory(work, n, env):
     return figures, cross
 
 
-NOOP_CONFIG = """\
-grid = {"seed": list(range(%(n)d))}
-conditions = []
-_SCRIPT_NAME = "/bin/true"
-_SUMMARY_FILENAME = "performance_overview.txt"
-_SUMMARY_KEYWORDS = ["finished"]
-_OUT_ARG = "out_dir"
-_SUMMARY_PARSER_HANDLE = None
-_PERFORMANCE_KEY = "finished"
-_PERFORMANCE_SORT_ASC = False
-"""
-
-
 def launch_cost(work, n, env, repeats):
     """hpsearch and ``sh`` over ``n`` runs whose command does nothing (``/usr/bin/env
     /bin/true ARGS``): what each launcher itself costs, without the runs' own start-up."""
     if not os.path.exists("/bin/true") or not os.path.exists("/usr/bin/env"):
         return None
-    config = os.path.join(work, "noop.py")
-    with open(config, "w") as f:
-        f.write(NOOP_CONFIG % {"n": n})
     return compare(work, "noop", n, 0, ["--visible_gpus=-1", "--python=/usr/bin/env"], run_sh,
-                   env, repeats, config=config, check=False)
+                   env, repeats, script="/bin/true", check=False)
 
 
 def ratio_interval(hp, plain, draws=BOOTSTRAP_DRAWS):
