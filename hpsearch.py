@@ -10,10 +10,13 @@ file names. ``python hpsearch.py --help`` lists the flags; README.rst explains t
 """
 
 import argparse
+import atexit
 import collections
 import csv
 import datetime
+import errno
 import fcntl
+import hashlib
 import pwd
 import importlib
 import importlib.util
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import time
 import types
+import uuid
 from xml.etree import ElementTree
 
 __version__ = "1.0.0"
@@ -47,6 +51,22 @@ else:  # pragma: no cover - every supported Python has it; kept as the one shim 
     now = time.time
 
 # Files that later steps read are written whole (temp + fsync + rename) or appended line by line.
+# A crash can leave the temporary file of a whole-file write behind: ``<name>.tmp<pid>``.
+TEMP_SUFFIX = ".tmp"
+
+
+def _raise_csv_field_limit():
+    """csv refuses fields over 128 KiB by default; a summary or grid value may be longer."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long is 32 bits on some platforms
+            limit //= 2
+
+
+_raise_csv_field_limit()
 
 
 class UsageError(Exception):
@@ -56,7 +76,7 @@ class UsageError(Exception):
 def atomic_write_text(path, text, durable=True):
     """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file;
     ``durable``: also on disk before this returns (the record and results, not scratch)."""
-    tmp = "%s.tmp%d" % (path, os.getpid())
+    tmp = "%s%s%d" % (path, TEMP_SUFFIX, os.getpid())
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -64,17 +84,25 @@ def atomic_write_text(path, text, durable=True):
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        try:
             os.remove(tmp)  # our own half-written temporary file
+        except OSError:
+            pass
+        if isinstance(exc, OSError):  # a failed write (disk full) names no file: say which
+            exc.filename = exc.filename or path
         raise
 
 
 def append_line(path, line):
     """Append one whole line with a single write, so readers never see half a line."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line if line.endswith("\n") else line + "\n")
-        f.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line if line.endswith("\n") else line + "\n")
+            f.flush()
+    except OSError as exc:  # a failed write (disk full) names no file: say which
+        exc.filename = exc.filename or path
+        raise
 
 
 def move_aside(path):
@@ -92,13 +120,80 @@ def one_line(text):
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
+class Console(object):
+    """Where the launcher's messages go: stdout/stderr and, once the search folder exists,
+    ``hpsearch.log`` in it (every line, with the time).
+
+    A closed terminal, a pipe whose reader left (``| head``) or a full disk never stops the
+    search: a stream that fails is given up, the log file still gets every line, and the
+    search goes on. While a search shows its live status line on a terminal, messages go
+    above it (``status``: the Progress that draws it).
+    """
+
+    def __init__(self):
+        self.log_path = None
+        self.failed = set()   # ids of streams that could not be written
+        self.status = None
+
+    def write(self, stream, text):
+        """Write to a stream; False once it has failed (never raises)."""
+        if id(stream) in self.failed:
+            return False
+        try:
+            stream.write(text)
+            stream.flush()
+            return True
+        except (OSError, ValueError, AttributeError):  # EPIPE, EIO after a hangup, closed
+            self.failed.add(id(stream))                 # (a closed fd 1 makes sys.stdout None)
+            return False
+
+    def is_terminal(self, stream):
+        try:
+            return id(stream) not in self.failed and stream.isatty()
+        except (AttributeError, ValueError, OSError):
+            return False
+
+    def say(self, message, stream=None):
+        """One message line (``stream``: sys.stdout by default)."""
+        if self.status is not None:
+            self.status.clear()
+        self.write(stream or sys.stdout, message + "\n")
+        self.log(message)
+        if self.status is not None:
+            self.status.show()
+
+    def log(self, message):
+        if self.log_path is None:
+            return
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            append_line(self.log_path, "%s %s" % (stamp, message))
+        except OSError:  # a full disk: the journal's own write reports that
+            pass
+
+    def close(self):
+        """Flush stdout for the last time; if it is gone, point it at /dev/null so that the
+        interpreter's own flush at exit cannot fail either."""
+        for stream in (sys.stdout, sys.stderr):
+            if not self.write(stream, ""):
+                try:
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, stream.fileno())
+                    os.close(devnull)
+                except (OSError, ValueError, AttributeError):
+                    pass
+
+
+CONSOLE = Console()
+
+
+def say(message):
+    CONSOLE.say(message)
+
+
 def warn(message):
-    """A warning on stderr; during a search it goes above the live status line."""
-    if Progress.active is not None:
-        Progress.active.above_status(sys.stderr, "hpsearch: warning: %s" % message)
-    else:
-        sys.stderr.write("hpsearch: warning: %s\n" % message)
-        sys.stderr.flush()
+    """A warning on stderr (and in the search's log); never stops anything."""
+    CONSOLE.say("hpsearch: warning: %s" % message, sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,11 +241,16 @@ def _import_error_line(source, exc):
             exc.filename or source, exc.lineno, exc.msg)
     tb = exc.__traceback__
     where = source
+    if isinstance(exc, SystemExit):
+        what = "it called sys.exit(%s); a config is imported, it must not exit" % (
+            "" if exc.code is None else repr(exc.code))
+    else:
+        what = "importing the config failed: %s: %s" % (type(exc).__name__, exc)
     while tb is not None:  # the innermost frame inside the config file says where it broke
         if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(source):
             where = "%s:%d" % (source, tb.tb_lineno)
         tb = tb.tb_next
-    return "%s: importing the config failed: %s: %s" % (where, type(exc).__name__, exc)
+    return "%s: %s" % (where, what)
 
 
 def import_config_module(name_or_path, search_dirs):
@@ -179,7 +279,7 @@ def import_config_module(name_or_path, search_dirs):
         try:  # from source, never from a cached .pyc that may predate an edit
             with open(path, "rb") as f:
                 exec(compile(f.read(), path, "exec"), module.__dict__)
-        except Exception as exc:  # any error in user code becomes one clear line
+        except (Exception, SystemExit) as exc:  # any error in user code becomes one line
             del sys.modules[module_name]
             raise UsageError(_import_error_line(path, exc))
         return module, path
@@ -187,7 +287,7 @@ def import_config_module(name_or_path, search_dirs):
         spec = importlib.util.find_spec(name_or_path)
     except (ImportError, ValueError):
         spec = None
-    except Exception as exc:  # a parent package that fails to import
+    except (Exception, SystemExit) as exc:  # a parent package that fails to import
         raise UsageError("--grid_module %s: importing it failed: %s: %s"
                          % (name_or_path, type(exc).__name__, exc))
     if spec is None or spec.origin is None:
@@ -196,7 +296,7 @@ def import_config_module(name_or_path, search_dirs):
                          % (name_or_path, ", ".join(search_dirs)))
     try:
         module = importlib.import_module(name_or_path)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UsageError(_import_error_line(spec.origin, exc))
     return module, os.path.abspath(spec.origin)
 
@@ -228,18 +328,29 @@ def load_grid_override(path):
     return data
 
 
-def _check_argument(text, where):
-    """An argument must reach the script as it is: no NUL byte, encodable for the OS."""
-    problem = None
+def argument_problem(text):
+    """Why ``text`` cannot be an argument of a run, or None. An argument must reach the script
+    as it is and be written into hpsearch's UTF-8 files (record, commands.sh): no NUL byte,
+    no lone surrogate (a byte that is not UTF-8)."""
     if "\0" in text:
-        problem = "holds a NUL character"
-    else:
-        try:
-            text.encode(sys.getfilesystemencoding(), "surrogateescape")
-        except UnicodeEncodeError:
-            problem = "cannot be encoded as a command-line argument"
+        return "holds a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (it holds a byte or lone surrogate hpsearch cannot write " \
+               "into its files)"
+    try:
+        text.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeEncodeError:
+        return "cannot be encoded as a command-line argument here (%s)" \
+            % sys.getfilesystemencoding()
+    return None
+
+
+def _check_argument(text, where):
+    problem = argument_problem(text)
     if problem:
-        raise UsageError("%s: %r %s; change that value" % (where, text[:60], problem))
+        raise UsageError("%s: %s %s; change that value" % (where, ascii(text[:60]), problem))
 
 
 def _check_values(where, key, values):
@@ -648,6 +759,9 @@ def plan_configs(space, num_searches, random_pick, deterministic, seed):
 PENDING, RUNNING, FINISHED, UNFINISHED, FAILED, KILLED = (
     "pending", "running", "finished", "unfinished", "failed", "killed")
 ENDED_STATES = (FINISHED, UNFINISHED, FAILED, KILLED)
+# Journal only: a cluster submission under way (written before the submit command runs).
+SUBMITTING = "submitting"
+JOURNAL_STATES = (SUBMITTING, RUNNING) + ENDED_STATES
 
 
 class Run(object):
@@ -657,7 +771,8 @@ class Run(object):
     """
 
     __slots__ = ("index", "name", "args", "argv", "out_dir", "state", "exit_code", "reason",
-                 "summary", "started", "ended", "attempt", "process", "job_id", "killed")
+                 "summary", "started", "ended", "attempt", "process", "job_id", "killed",
+                 "task_log")
 
     def __init__(self, index, name, args, argv, out_dir):
         self.index = index        # 0-based position in the run order
@@ -675,6 +790,7 @@ class Run(object):
         self.process = None
         self.job_id = None        # the process id locally, the scheduler's job id on a cluster
         self.killed = False
+        self.task_log = None      # where the scheduler logs the run's job array task
 
     def shell_command(self):
         """The command as one line a POSIX shell runs identically."""
@@ -799,8 +915,9 @@ EXIT_COLUMN = "hpsearch_exit_code"
 class ResultsTable(object):
     """``search_results.csv``: ``;``-separated, a row appended as each run ends, sorted at the end.
 
-    Columns: every argument, every summary keyword, the output folder, the run's state and exit
-    code.
+    Columns: every argument, every summary keyword, the output folder (relative to the search
+    folder, so the table stays right when the folder is copied or moved), the run's state and
+    exit code.
     """
 
     def __init__(self, path, arg_keys, keywords, out_arg):
@@ -822,7 +939,7 @@ class ResultsTable(object):
     def _cells(self, run):
         row = dict(run.args)
         row.update(run.summary or {})
-        row[self.out_arg] = run.out_dir
+        row[self.out_arg] = relative_to(os.path.dirname(self.path), run.out_dir)
         row[STATE_COLUMN] = run.state
         row[EXIT_COLUMN] = run.exit_code
         return [format_cell(row.get(c)) for c in self.columns]
@@ -855,8 +972,10 @@ class ResultsTable(object):
 # ----------------------------------------------------------------------------------------------
 
 RECORD_FILE = "search_record.json"
+RECORD_FORMAT = "hpsearch-record-2"
 JOURNAL_FILE = "run_journal.jsonl"
 RESULTS_FILE = "search_results.csv"
+LOG_FILE = "hpsearch.log"
 JOBS_DIR = "jobs"
 TRASH_DIR = "TO_BE_DELETED"   # where hpsearch_postprocessing.py moves runs it rejects
 LOCK_FILE = ".hpsearch.lock"
@@ -864,6 +983,11 @@ LOCK_FILE = ".hpsearch.lock"
 JOB_FILES = collections.OrderedDict([
     (".sh", "hpsearch_command.sh"), (".out", "job_<run>.out"), (".err", "job_<run>.err"),
     (".scheduler.log", "hpsearch_scheduler.log"), (".exit", "hpsearch_exit_status")])
+PER_ATTEMPT_FILES = (".scheduler.log", ".exit")
+# Errors that say the disk under the search folder fails (not that one run's folder does).
+LAUNCHER_DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO)
+# Files hpsearch writes whole into the search folder (their temporary files are ours).
+WHOLE_FILES = (RECORD_FILE, RESULTS_FILE, "commands.sh", "commands_wo_dirs.sh")
 
 
 def create_search_dir(out_dir, force_out_dir, allow_existing):
@@ -899,8 +1023,35 @@ def _unused_stamp(folder, stamp):
         candidate = "%s_%d" % (stamp, n)
 
 
+def journal_entry(obj):
+    """``obj`` if it is a journal entry hpsearch can act on, else None: a dict naming a run
+    and a known state, with an integer attempt and exit code where given."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("run"), str) \
+            or obj.get("state") not in JOURNAL_STATES:
+        return None
+    attempt, code = obj.get("attempt", 1), obj.get("exit_code")
+    if not _is_int(attempt) or attempt < 1 or not (code is None or _is_int(code)):
+        return None
+    if not isinstance(obj.get("job_id"), (type(None), int, str)) or _is_int(obj.get(
+            "job_start"), none_ok=True) is False:
+        return None
+    return obj
+
+
+def _is_int(value, none_ok=False):
+    if value is None and none_ok:
+        return True
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class SearchFolder(object):
-    """Where a search keeps everything: the record of runs, the journal, logs, results."""
+    """Where a search keeps everything: the record of runs, the journal, logs, results.
+
+    A search folder is self-contained: the record and the journal name runs and their folders
+    relative to it, so a copied or moved folder is read and resumed where it is now, and
+    never touches the folder it was copied from. ``identity()`` tells this folder from its
+    copies (a copy is a new folder; a move or another spelling of the path is the same).
+    """
 
     def __init__(self, path):
         self.path = path
@@ -908,32 +1059,55 @@ class SearchFolder(object):
         self.journal = os.path.join(path, JOURNAL_FILE)
         self.results = os.path.join(path, RESULTS_FILE)
         self.jobs = os.path.join(path, JOBS_DIR)
+        self.search_id = ""   # from the record: the same in every copy of the folder
+        self._lock = None
 
     def file(self, name):
         return os.path.join(self.path, name)
 
+    def identity(self):
+        """``<search id>.<inode>``: which search, and which copy of its folder. The inode
+        is the same from every machine that mounts the folder and for every path to it."""
+        return "%s.%d" % (self.search_id, os.stat(self.path).st_ino)
+
+    def relative(self, path):
+        return relative_to(self.path, path)
+
     def lock(self):
         """Hold the folder for this launcher's lifetime, so a second launcher (say a
         --resume while the search still runs) is refused. The kernel drops the lock when
-        the process ends, however it ends."""
-        handle = open(self.file(LOCK_FILE), "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
+        the process ends, however it ends; ``unlock`` also removes the file."""
+        path = self.file(LOCK_FILE)
+        while True:
+            handle = open(path, "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                handle.close()
+                raise UsageError("%s is in use by another hpsearch launcher (pid %s); let it "
+                                 "finish or stop it first" % (self.path, holder))
+            try:  # the launcher before us may have removed the file we locked: lock anew
+                if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                    break
+            except OSError:
+                pass
             handle.close()
-            raise UsageError("%s is in use by another hpsearch launcher (pid %s); let it "
-                             "finish or stop it first" % (self.path, holder))
         handle.seek(0)
         handle.truncate()
         handle.write("%d\n" % os.getpid())
         handle.flush()
         self._lock = handle
+        atexit.register(self.unlock)  # also when the launcher stops before its search runs
 
     def unlock(self):
-        lock, self._lock = getattr(self, "_lock", None), None
+        lock, self._lock = self._lock, None
         if lock is not None:
+            try:
+                os.remove(self.file(LOCK_FILE))
+            except OSError:
+                pass
             lock.close()  # closing the file releases the lock
 
     def find_run_dir(self, run):
@@ -951,31 +1125,86 @@ class SearchFolder(object):
         return None, False
 
     def job_file(self, run, suffix):
-        """Files of a run kept here while it goes: ``<name>.sh``, ``.out``, ``.err``."""
+        """Files of a run kept here while it goes: ``<name>.sh``, ``.out``, ``.err``, ...
+        A cluster job's exit status and the scheduler's log are one per attempt
+        (``<name>.a<k>.exit``): a stale job of another attempt never writes this
+        attempt's files (the scheduler opens its log even for a job that then refuses to
+        start)."""
+        if suffix in PER_ATTEMPT_FILES:
+            return os.path.join(self.jobs, "%s.a%d%s" % (run.name, run.attempt, suffix))
         return os.path.join(self.jobs, run.name + suffix)
+
+    def claim_stem(self, run):
+        """Claims are ``<claim_stem><attempt>.claimed``."""
+        return os.path.join(self.jobs, "%s.attempt" % run.name)
+
+    def claim_path(self, run, attempt):
+        return "%s%d.claimed" % (self.claim_stem(run), attempt)
+
+    def call_off(self, run, attempt):
+        """Make sure ``attempt`` of ``run`` never starts: True when it had not started.
+        A cluster job claims its attempt (``mkdir``, atomic even on NFS) before it runs
+        anything; whoever creates the claim first wins. The launcher's claim is a symbolic
+        link (as atomic, and the job's ``mkdir`` fails on it too), so that a later resume
+        can tell an attempt it called off from one whose job has started."""
+        try:
+            os.symlink("called-off-by-hpsearch", self.claim_path(run, attempt))
+            return True
+        except FileExistsError:
+            return False
+
+    def called_off(self, run, attempt):
+        return os.path.islink(self.claim_path(run, attempt))
+
+    def drop_claim(self, run):
+        """The job of the run's attempt is over for good: its claim has done its work. (An
+        attempt called off keeps its link: its job may still appear.)"""
+        try:
+            os.rmdir(self.claim_path(run, run.attempt))
+        except OSError:
+            pass
 
     def prepare(self):
         os.makedirs(self.jobs, exist_ok=True)
-        for name in (RECORD_FILE, JOURNAL_FILE, RESULTS_FILE, "commands.sh",
+        for name in (RECORD_FILE, JOURNAL_FILE, RESULTS_FILE, LOG_FILE, "commands.sh",
                      "commands_wo_dirs.sh"):
             if os.path.exists(self.file(name)):  # --dont_force_new_dir: keep what was there
                 move_aside(self.file(name))
 
-    def write_plan(self, runs, config, args, arg_keys, commands_wo_dirs):
-        shebang = "#!/bin/sh\n"
-        body = "".join(r.shell_command() + "\n" for r in runs)
-        atomic_write_text(self.file("commands.sh"), shebang + "# %d commands, in the order they "
-                          "are run.\n\n%s" % (len(runs), body))
-        atomic_write_text(self.file("commands_wo_dirs.sh"), shebang + "# %d commands, in the "
-                          "order they are run; output folders left out (see commands.sh).\n%s"
-                          % (len(runs), "".join(c + "\n" for c in commands_wo_dirs)))
+    def write_plan(self, runs, config, args, arg_keys, prefix):
+        """The record, and commands.sh / commands_wo_dirs.sh: shell scripts that run every
+        command from the runs' folder, with the output folders inside this search folder
+        wherever it is when they run."""
+        q = shlex.quote
+        run_cwd = os.path.abspath(args.run_cwd)
+
+        def script(comment, first_lines, commands):
+            return "".join(line + "\n" for line in [
+                "#!/bin/sh", "# %d command(s), in the order hpsearch runs them%s."
+                % (len(runs), comment)] + first_lines + ["cd %s || exit" % q(run_cwd)]
+                + commands)
+
+        def arguments(run):
+            return "".join(" " + q(a) for a in run.argv[len(prefix) + 1:])
+
+        head = " ".join(q(a) for a in prefix)
+        atomic_write_text(self.file("commands.sh"), script(
+            "; output folders in the folder of this file",
+            ['search_dir=$(cd "$(dirname "$0")" && pwd) || exit'],
+            ["%s %s\"$search_dir\"%s%s" % (head, q("--%s=" % config.out_arg), q("/" + r.name),
+                                           arguments(r)) for r in runs]))
+        atomic_write_text(self.file("commands_wo_dirs.sh"), script(
+            "; output folders left out (see commands.sh)", [],
+            [head + arguments(r) for r in runs]))
+        self.search_id = uuid.uuid4().hex[:12]
         record = {
-            "format": "hpsearch-record-1",
+            "format": RECORD_FORMAT,
             "hpsearch_version": __version__,
+            "search_id": self.search_id,
             "created": datetime.datetime.now().isoformat(),
             "argv": [sys.argv[0]] + args.given_argv,
             "config_file": config.source,
-            "run_cwd": os.path.abspath(args.run_cwd),
+            "run_cwd": run_cwd,
             "out_arg": config.out_arg,
             "summary_filename": config.summary_filename,
             "summary_keywords": config.summary_keywords,
@@ -983,15 +1212,18 @@ class SearchFolder(object):
             "performance_sort_asc": config.performance_sort_asc,
             "arg_keys": list(arg_keys),
             "scheduler": args.scheduler if args.run_cluster else None,
-            "runs": [{"index": r.index, "name": r.name, "out_dir": r.out_dir,
-                      "args": json_safe(r.args), "argv": r.argv} for r in runs],
+            "command_prefix": prefix,
+            "runs": [{"index": r.index, "name": r.name, "out_dir": r.name,
+                      "args": json_safe(r.args), "arguments": r.argv[len(prefix) + 1:]}
+                     for r in runs],
         }
         atomic_write_text(self.record, json.dumps(record, indent=1) + "\n")
 
-    def log_state(self, run, **extra):
-        entry = {"run": run.name, "state": run.state, "time": round(time.time(), 3),
+    def log_state(self, run, state=None, **extra):
+        """A journal line for ``run`` (in ``state``, by default the run's own)."""
+        entry = {"run": run.name, "state": state or run.state, "time": round(time.time(), 3),
                  "attempt": run.attempt}
-        if run.state in ENDED_STATES:
+        if entry["state"] in ENDED_STATES:
             entry["exit_code"] = run.exit_code
             if run.reason:
                 entry["reason"] = run.reason
@@ -1006,17 +1238,26 @@ class SearchFolder(object):
         shutil.copy2(path, target)
 
     def read_record(self, context="--resume"):
-        """The search's record of runs; UsageError (starting with ``context``) if it is
-        missing or unreadable."""
+        """The search's record; UsageError (starting with ``context``) if it is missing,
+        unreadable or of the wrong shape. Sets ``search_id``."""
         try:
-            with open(self.record, encoding="utf-8") as f:
-                record = json.load(f)
-        except (OSError, ValueError) as exc:
+            with open(self.record, "rb") as f:
+                record = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise UsageError("%s %s: cannot read %s (%s); is this a search folder made by "
                              "hpsearch?" % (context, self.path, RECORD_FILE, exc))
         if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
             raise UsageError("%s %s: %s has no list of runs" % (context, self.path, RECORD_FILE))
+        # Records of hpsearch 1.0 have no search id; the time they were made stands in.
+        self.search_id = str(record.get("search_id") or record.get("created") or "")
         return record
+
+    def tidy(self):
+        """Before a resume, mend what a crash or a user may have left half done: jobs/ is
+        there again, the journal's last line is ended, temporary files are gone."""
+        os.makedirs(self.jobs, exist_ok=True)
+        self.end_cut_line()
+        self.remove_temp_files()
 
     def end_cut_line(self):
         """A crash mid-write can leave the journal's last line without its newline: end it,
@@ -1034,18 +1275,25 @@ class SearchFolder(object):
         append_line(self.journal, "")
 
     def read_journal(self):
-        """``{run name: [entries in order]}``; a line cut short by a crash is skipped."""
+        """``{run name: [entries in order]}``. Lines that cannot be read (cut short by a
+        crash, damaged, not UTF-8, of the wrong shape) are skipped with one warning."""
         entries = collections.defaultdict(list)
+        skipped = 0
         try:
-            with open(self.journal, encoding="utf-8") as f:
-                for line in f:
+            with open(self.journal, "rb") as f:
+                for raw in f:
                     try:
-                        entry = json.loads(line)
+                        entry = journal_entry(json.loads(raw.decode("utf-8")))
+                    except ValueError:
+                        entry = None
+                    if entry is not None:
                         entries[entry["run"]].append(entry)
-                    except (ValueError, KeyError, TypeError):
-                        continue
+                    elif raw.strip():
+                        skipped += 1
         except OSError:
             pass
+        if skipped:
+            warn("%s: %d line(s) that cannot be read were skipped" % (self.journal, skipped))
         return entries
 
     def set_aside(self, run):
@@ -1060,24 +1308,63 @@ class SearchFolder(object):
                 _rename_free(src, os.path.join(self.jobs, run.name + tag + suffix))
 
     def recorded_exit_status(self, run):
-        """The exit status a cluster job wrote when it ended, or None."""
-        try:
-            with open(self.job_file(run, ".exit")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
+        """The exit status the cluster job of the run's current attempt wrote when it ended,
+        or None. (A job of hpsearch 1.0 wrote ``<name>.exit``, for whichever attempt.)"""
+        for path in (self.job_file(run, ".exit"), os.path.join(self.jobs, run.name + ".exit")):
+            try:
+                with open(path, "rb") as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+        return None
 
     def keep_run_files(self, run):
-        """Move a run's command and logs into its folder, if the script made one."""
+        """Move a run's command and logs into its folder, if the script made one. Where that
+        fails (a folder the script made read-only), they stay in jobs/ with a warning."""
         if not os.path.isdir(run.out_dir):
             return
         for suffix, name in JOB_FILES.items():
             src = self.job_file(run, suffix)
             dst = os.path.join(run.out_dir, name.replace("<run>", run.name))
-            if os.path.exists(src):
-                if os.path.exists(dst):
+            if not os.path.exists(src):
+                continue
+            try:
+                if os.path.lexists(dst):
                     move_aside(dst)
                 os.rename(src, dst)
+            except OSError as exc:
+                if exc.errno in LAUNCHER_DISK_ERRORS or not os.path.isdir(self.jobs):
+                    raise  # the search's own disk is failing: the launcher stops
+                warn("%s stays in %s: cannot move it into %s (%s)"
+                     % (os.path.basename(src), self.jobs, run.out_dir, exc.strerror or exc))
+
+    def remove_temp_files(self):
+        """Temporary files of the launcher's whole-file writes cut short by a crash
+        (``<file>.tmp<pid>``). A cluster job's ``<run>.a<k>.exit.tmp`` stays: its job may
+        still be about to rename it."""
+        candidates = [(self.path, n) for n in _listdir(self.path)
+                      if n.split(TEMP_SUFFIX)[0] in WHOLE_FILES]
+        candidates += [(self.jobs, n) for n in _listdir(self.jobs)]
+        for folder, name in candidates:
+            stem, sep, pid = name.rpartition(TEMP_SUFFIX)
+            if sep and stem and pid.isdigit():
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass
+
+
+def relative_to(folder, path):
+    """``path`` relative to ``folder`` when it is inside it, else as it is."""
+    rel = os.path.relpath(path, folder)
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _rename_free(src, dst):
@@ -1088,6 +1375,57 @@ def _rename_free(src, dst):
             os.rename(src, target)
             return target
         target = "%s.%d" % (dst, n)
+
+
+def runs_from_record(record, folder, run_class=None):
+    """The record's planned runs, their folders in the search folder where it is now (which
+    may have been copied or moved since). Reads hpsearch 1.0 records (absolute paths, full
+    argv) too. UsageError naming the run when an entry is of the wrong shape."""
+    run_class = run_class or Run
+    out_arg = record.get("out_arg") or "out_dir"
+    prefix = record.get("command_prefix")
+    runs = []
+    for i, entry in enumerate(record["runs"]):
+        try:
+            name, planned = entry["name"], entry["out_dir"]
+            if "arguments" in entry:
+                head, arguments = list(prefix), list(entry["arguments"])
+            else:  # hpsearch 1.0: the argv holds the planned (absolute) output folder
+                argv = list(entry["argv"])
+                at = argv.index("--%s=%s" % (out_arg, planned))
+                head, arguments = argv[:at], argv[at + 1:]
+            folder_name = os.path.basename(planned.rstrip(os.sep))
+            index = entry.get("index", i)
+            args = entry.get("args") or {}
+            texts = [name, folder_name] + head + arguments
+            if not (isinstance(entry.get("arguments", entry.get("argv")), list)
+                    and isinstance(prefix if "arguments" in entry else head, list)
+                    and all(isinstance(t, str) and not argument_problem(t) for t in texts)
+                    and _is_int(index) and isinstance(args, dict) and head
+                    and all(_plain_name(n) for n in (name, folder_name))):
+                raise TypeError
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UsageError("%s: run %d of the record is malformed (it needs a 'name', an "
+                             "'out_dir' and its command); restore the file from a copy"
+                             % (folder.record, i))
+        out_dir = os.path.join(folder.path, folder_name)
+        runs.append(run_class(index, name, args, build_argv(head, out_arg, out_dir, arguments),
+                              out_dir))
+    return runs
+
+
+def _plain_name(name):
+    """A run's (folder) name: one path component that is no folder above or itself."""
+    return bool(name) and os.sep not in name and name not in (os.curdir, os.pardir)
+
+
+def planned_folder(record):
+    """Where an hpsearch 1.0 record planned its run folders (absolute), or None."""
+    runs = record.get("runs") or []
+    if record.get("format") == RECORD_FORMAT or not runs or not isinstance(runs[0], dict):
+        return None
+    planned = runs[0].get("out_dir")
+    return os.path.dirname(planned.rstrip(os.sep)) if isinstance(planned, str) else None
 
 
 def json_safe(value):
@@ -1223,11 +1561,24 @@ class Backend(object):
                         ``exit_code``/``reason`` set), waiting at most ``timeout`` seconds;
     ``recheck_in()``    seconds until ``slot()`` may change without a run ending (None: never);
     ``running()``       how many runs it has going; ``stop()`` ends every run still going;
+    ``abandon()``       the launcher cannot go on: end what must not run unwatched;
     ``attach(run, id)`` (clusters) follows a job an earlier launcher submitted.
+
+    A backend writes a run's start into the journal itself, as soon as it knows how to find
+    the run again (a process id, a job id, or, before a submission, the job's name).
     """
 
     def describe(self):
         return ""
+
+    def abandon(self):
+        """What the user must know: which runs were stopped or left going."""
+        count = self.running()
+        self.stop(grace=5.0)
+        return "%d run(s) stopped" % count
+
+    def close(self):
+        """Release what the backend holds (after the search, however it ended)."""
 
     def flush(self):
         """Hand over runs started since the last call (a job array submits them together)."""
@@ -1402,19 +1753,21 @@ def alive_groups(pgids):
     return existing & {pgid for _, state, pgid in _processes() if state != "Z"}
 
 
-def groups_marked(marker):
-    """Process groups with a process whose environment holds ``marker`` (Linux /proc)."""
-    wanted = marker.encode("utf-8", "surrogateescape") + b"\0"
+def groups_marked(markers):
+    """Process groups with a process whose environment holds one of ``markers``
+    (``NAME=value`` entries; Linux /proc)."""
+    wanted = [b"\0" + m.encode("utf-8", "surrogateescape") + b"\0" for m in markers]
     groups = set()
     for pid, state, pgid in _processes():
         if pid == os.getpid() or state == "Z":
             continue
         try:
             with open("/proc/%d/environ" % pid, "rb") as f:
-                if wanted in f.read() + b"\0":
-                    groups.add(pgid)
+                environ = b"\0" + f.read() + b"\0"
         except OSError:
             continue
+        if any(w in environ for w in wanted):
+            groups.add(pgid)
     return groups
 
 
@@ -1511,6 +1864,7 @@ class LocalBackend(Backend):
     def __init__(self, slots, folder, cwd, run_timeout=None):
         self.slots = slots
         self.folder = folder
+        self.identity = folder.identity()
         self.cwd = cwd
         self.run_timeout = run_timeout
         self.alarm = ChildExitAlarm()
@@ -1532,7 +1886,7 @@ class LocalBackend(Backend):
     def start(self, run, token):
         env = dict(os.environ)
         env.update({k: v for k, v in token.items() if not k.startswith("_")})
-        env[MARKER_VARIABLE] = self.folder.path  # lets a resume find this run's processes
+        env[MARKER_VARIABLE] = self.identity  # lets a resume find this run's processes
         with open(self.folder.job_file(run, ".out"), "wb") as out, \
                 open(self.folder.job_file(run, ".err"), "wb") as err:
             try:
@@ -1550,6 +1904,8 @@ class LocalBackend(Backend):
         self.active[run.name] = (run, token)
         if self.run_timeout:
             self.deadlines[run.name] = now() + self.run_timeout
+        self.folder.log_state(run, job_id=proc.pid, job_start=process_start_time(proc.pid),
+                              folder=self.identity)
         self.slots.started(token, proc.pid)
         write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
 
@@ -1605,33 +1961,54 @@ class LocalBackend(Backend):
     def running(self):
         return len(self.active) + len(self.failed_starts)
 
-    def finish_up(self):
+    def close(self):
         self.alarm.close()
 
 
-MARKER_VARIABLE = "HPSEARCH_SEARCH_DIR"
+# A run's processes carry the search folder's identity in their environment, so that a
+# --resume finds the runs a killed launcher left, whatever path it was started under.
+MARKER_VARIABLE = "HPSEARCH_SEARCH_ID"
+LEGACY_MARKER_VARIABLE = "HPSEARCH_SEARCH_DIR"   # hpsearch 1.0: the folder's path
 
 
-def run_marker(folder):
-    return "%s=%s" % (MARKER_VARIABLE, folder.path)
+def run_marker(identity):
+    return "%s=%s" % (MARKER_VARIABLE, identity)
 
 
-def write_command_file(path, run, cwd, env, job_files=None):
-    """The run as a shell script. For a cluster job (``job_files``: paths for ``.out``,
-    ``.err``, ``.exit``) it also keeps the output and records the exit status when it ends."""
+def write_command_file(path, run, cwd, env):
+    """The run as a shell script that repeats exactly what hpsearch ran."""
     q = shlex.quote
     lines = ["#!/bin/sh"]
     lines += ["export %s=%s" % (k, q(v)) for k, v in sorted(env.items()) if not k.startswith("_")]
-    if not job_files:
-        lines += ["cd %s" % q(cwd), run.shell_command()]
-    else:
-        exit_file = job_files[".exit"]
-        lines += ["cd %s && %s < /dev/null > %s 2> %s" % (
-                      q(cwd), run.shell_command(), q(job_files[".out"]), q(job_files[".err"])),
-                  "status=$?",
-                  "echo \"$status\" > %s && mv -f %s %s" % (
-                      q(exit_file + ".tmp"), q(exit_file + ".tmp"), q(exit_file)),
-                  "exit \"$status\""]
+    lines += ["cd %s" % q(cwd), run.shell_command()]
+    atomic_write_text(path, "\n".join(lines) + "\n", durable=False)
+
+
+def write_job_script(path, run, cwd, files, claim_stem):
+    """A cluster job's script: it claims its attempt first (``mkdir <claim_stem><k>.claimed``,
+    k given as $1 by a job array, else this attempt), so a stale job of an attempt that was
+    called off or has already run exits without starting anything; then it runs the command
+    with its output in ``files['.out']``/``['.err']`` and writes its exit status to
+    ``files['.exit']``."""
+    q = shlex.quote
+    exit_file = files[".exit"]
+    claim = q(claim_stem) + '"$attempt"' + q(".claimed")
+    lines = [
+        "#!/bin/sh",
+        "# hpsearch: run %s, attempt %d (a job array passes the attempt as $1)"
+        % (run.name, run.attempt),
+        "attempt=${1:-%d}" % run.attempt,
+        "if ! mkdir %s 2>/dev/null; then" % claim,
+        "    echo \"hpsearch: attempt $attempt of %s was called off or has already started; "
+        "not starting it (again)\" >&2" % run.name,
+        "    exit 0",
+        "fi",
+        "cd %s && %s < /dev/null > %s 2> %s" % (
+            q(cwd), run.shell_command(), q(files[".out"]), q(files[".err"])),
+        "status=$?",
+        "echo \"$status\" > %s && mv -f %s %s" % (
+            q(exit_file + ".tmp"), q(exit_file + ".tmp"), q(exit_file)),
+        "exit \"$status\""]
     atomic_write_text(path, "\n".join(lines) + "\n", durable=False)
 
 
@@ -1698,15 +2075,16 @@ class Scheduler(object):
         return env
 
     def submit_argv(self, script, name, log, array=None):
-        """Command line submitting ``script``; ``array``: (size, throttle) for a job array."""
+        """Command line submitting ``script`` (a list: the job script and its arguments);
+        ``array``: (size, throttle) for a job array."""
         raise NotImplementedError
 
     def parse_submit(self, stdout):
         """The job id in the submit command's output; ValueError if there is none."""
         raise NotImplementedError
 
-    def task_ids(self, array_id, size):
-        """Job ids of the tasks of an array, in order."""
+    def task_id(self, array_id, k):
+        """Job id of the k-th task (from 0) of an array."""
         raise NotImplementedError
 
     task_variable = ""   # environment variable holding an array task's index in the job
@@ -1725,9 +2103,31 @@ class Scheduler(object):
     def cancel_argv(self, job_ids):
         raise NotImplementedError
 
+    def find_argv(self, names):
+        """Command line listing our jobs with their names (queued, running or just ended)."""
+        raise NotImplementedError
+
+    def parse_find(self, returncode, stdout, stderr):
+        """``{job name: job id}`` (an array's id for its tasks); SchedulerError when the answer
+        cannot be trusted."""
+        raise NotImplementedError
+
     def explain(self, job_id):
         """Why a job left the queue without an exit status, where the scheduler can say."""
         return ""
+
+
+def _parse_id_name_lines(stdout, tool):
+    """``{name: id}`` from ``id|name`` lines."""
+    found = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        job_id, sep, name = line.strip().partition("|")
+        if not sep or not job_id.isdigit():
+            raise SchedulerError("cannot read %s's line %r" % (tool, line))
+        found[name] = job_id
+    return found
 
 
 def expand_task_range(text):
@@ -1764,7 +2164,7 @@ class Slurm(Scheduler):
                 argv.append("%s=%s" % (flag, value))
         if array:
             argv.append("--array=0-%d%%%d" % (array[0] - 1, array[1]))
-        return argv + self.extra + [script]
+        return argv + self.extra + script
 
     def parse_submit(self, stdout):
         first = _first_line(stdout).split(";")[0]  # --parsable: "id" or "id;cluster"
@@ -1772,8 +2172,8 @@ class Slurm(Scheduler):
             raise ValueError("sbatch printed %r instead of a job id" % _first_line(stdout))
         return first
 
-    def task_ids(self, array_id, size):
-        return ["%s_%d" % (array_id, i) for i in range(size)]
+    def task_id(self, array_id, k):
+        return "%s_%d" % (array_id, k)
 
     def query_argv(self, job_ids):
         arrays = sorted({j.split("_")[0] for j in job_ids})
@@ -1808,6 +2208,16 @@ class Slurm(Scheduler):
     def cancel_argv(self, job_ids):
         return ["scancel"] + sorted({j.split("_")[0] for j in job_ids})
 
+    def find_argv(self, names):
+        return ["squeue", "--noheader", "--states=all", "--name=" + ",".join(names),
+                "--format=%F|%j"]
+
+    def parse_find(self, returncode, stdout, stderr):
+        if returncode != 0:
+            raise SchedulerError("squeue failed (exit %d): %s" % (returncode,
+                                                                  _first_line(stderr)))
+        return _parse_id_name_lines(stdout, "squeue")
+
 
 class Lsf(Scheduler):
     name = "lsf"
@@ -1830,7 +2240,7 @@ class Lsf(Scheduler):
         if resources:
             argv += ["-R", resources]
         # LSF runs "command [args]" as one Bourne-shell line: quote the script's path.
-        return argv + self.extra + ["/bin/sh " + shlex.quote(script)]
+        return argv + self.extra + [" ".join(shlex.quote(a) for a in ["/bin/sh"] + script)]
 
     def parse_submit(self, stdout):
         for line in stdout.splitlines():  # Job <123> is submitted to default queue <normal>.
@@ -1841,8 +2251,8 @@ class Lsf(Scheduler):
         raise ValueError("bsub printed %r instead of 'Job <id> is submitted ...'"
                          % _first_line(stdout))
 
-    def task_ids(self, array_id, size):
-        return ["%s[%d]" % (array_id, i) for i in range(1, size + 1)]
+    def task_id(self, array_id, k):
+        return "%s[%d]" % (array_id, k + 1)
 
     def query_argv(self, job_ids):
         arrays = sorted({j.split("[")[0] for j in job_ids})
@@ -1874,6 +2284,17 @@ class Lsf(Scheduler):
     def cancel_argv(self, job_ids):
         return ["bkill"] + sorted({j.split("[")[0] for j in job_ids})
 
+    def find_argv(self, names):
+        return ["bjobs", "-a", "-noheader", "-o", "jobid job_name delimiter='|'"]
+
+    def parse_find(self, returncode, stdout, stderr):
+        if returncode != 0 and "No job found" not in stderr:
+            raise SchedulerError("bjobs failed (exit %d): %s" % (returncode,
+                                                                 _first_line(stderr)))
+        # "No job found" goes to stderr; an array's element is listed as name[index].
+        found = _parse_id_name_lines(stdout, "bjobs")
+        return {name.split("[")[0]: job for name, job in found.items()}
+
 
 class Sge(Scheduler):
     name = "sge"
@@ -1893,7 +2314,7 @@ class Sge(Scheduler):
                 "-l", "h_rt=%d:00:00" % self.args.num_hours]
         if array:
             argv += ["-t", "1-%d" % array[0], "-tc", str(array[1])]
-        return argv + self.extra + [script]
+        return argv + self.extra + script
 
     def parse_submit(self, stdout):
         first = _first_line(stdout).split(".")[0]  # -terse: "54", or "56.1-3:1" for arrays
@@ -1901,22 +2322,31 @@ class Sge(Scheduler):
             raise ValueError("qsub printed %r instead of a job id" % _first_line(stdout))
         return first
 
-    def task_ids(self, array_id, size):
-        return ["%s.%d" % (array_id, i) for i in range(1, size + 1)]
+    def task_id(self, array_id, k):
+        return "%s.%d" % (array_id, k + 1)
 
     def query_argv(self, job_ids):
         # The real uid's name: $USER/$LOGNAME may name someone else after su or sudo -E.
         return ["qstat", "-xml", "-u", pwd.getpwuid(os.getuid()).pw_name]
 
-    def parse_query(self, returncode, stdout, stderr):
+    def _qstat_jobs(self, returncode, stdout, stderr):
         if returncode != 0:
             raise SchedulerError("qstat failed (exit %d): %s" % (returncode, _first_line(stderr)))
         try:
-            root = ElementTree.fromstring(stdout)
+            return ElementTree.fromstring(stdout).iter("job_list")
         except ElementTree.ParseError as exc:
             raise SchedulerError("cannot read qstat -xml: %s" % exc)
+
+    def find_argv(self, names):
+        return self.query_argv([])
+
+    def parse_find(self, returncode, stdout, stderr):
+        return {(job.findtext("JB_name") or "").strip(): (job.findtext("JB_job_number") or "")
+                .strip() for job in self._qstat_jobs(returncode, stdout, stderr)}
+
+    def parse_query(self, returncode, stdout, stderr):
         jobs = {}
-        for job in root.iter("job_list"):
+        for job in self._qstat_jobs(returncode, stdout, stderr):
             number = (job.findtext("JB_job_number") or "").strip()
             state = (job.findtext("state") or "").strip()
             if not number.isdigit():
@@ -1968,6 +2398,8 @@ class ClusterBackend(Backend):
                  detach=False):
         self.scheduler = scheduler
         self.folder = folder
+        self.identity = folder.identity()
+        self.name_tag = job_name_tag(self.identity)
         self.cwd = cwd
         self.num_jobs = num_jobs
         self.poll_interval = poll_interval
@@ -1978,7 +2410,6 @@ class ClusterBackend(Backend):
         self.ended = []
         self.vanished = {}        # job id -> polls seen gone without an exit file
         self.late_logs = {}       # run name -> ended run whose scheduler log may come later
-        self.task_logs = {}       # run name -> where the scheduler logs its array task
         self.next_poll = now() + poll_interval
         self.queries = 0
         self.submissions = 0
@@ -1999,41 +2430,53 @@ class ClusterBackend(Backend):
     def recheck_in(self):
         return None
 
-    def _write_script(self, run):
-        files = {s: self.folder.job_file(run, s) for s in (".out", ".err", ".exit")}
-        write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, {}, files)
+    def job_name(self, run):
+        """The scheduler's name for this attempt of the run: unique to the attempt and to
+        this copy of the search folder, so a resume finds a submission cut short by name."""
+        return "%s-a%d-%s" % (run.name, run.attempt, self.name_tag)
 
     def start(self, run, token):
-        self._write_script(run)
+        if run.attempt > 1:  # an earlier attempt's job, should one still be queued, never runs
+            self.folder.call_off(run, run.attempt - 1)
+        files = {s: self.folder.job_file(run, s) for s in (".out", ".err", ".exit")}
+        write_job_script(self.folder.job_file(run, ".sh"), run, self.cwd, files,
+                         self.folder.claim_stem(run))
         if self.use_array:
             self.to_submit.append(run)
             return
-        log = self.folder.job_file(run, ".scheduler.log")
-        argv = self.scheduler.submit_argv(self.folder.job_file(run, ".sh"), run.name, log)
+        name = self.job_name(run)
+        self.folder.log_state(run, SUBMITTING, job_name=name, folder=self.identity)
+        # The attempt goes with the job: a scheduler that reads the script only when the
+        # job starts (LSF) may find a later attempt's script there by then.
+        argv = self.scheduler.submit_argv(
+            [self.folder.job_file(run, ".sh"), str(run.attempt)], name,
+            self.folder.job_file(run, ".scheduler.log"))
         job_id = self._submit(argv, [run])
         if job_id is not None:
             self._track(run, job_id)
 
     def flush(self):
-        """Submit the runs gathered for a job array (one submission per chunk)."""
+        """Submit the runs gathered for a job array (one submission per chunk). Task k runs
+        line k of the array's table (``<run> <attempt>``)."""
         runs, self.to_submit = self.to_submit, []
         for first in range(0, len(runs), self.scheduler.max_array):
             chunk = runs[first:first + self.scheduler.max_array]
-            table = os.path.join(self.folder.jobs, "%s.array" % chunk[0].name)
-            atomic_write_text(table, "".join(r.name + "\n" for r in chunk))
-            script = os.path.join(self.folder.jobs, "%s.array.sh" % chunk[0].name)
+            name = self.job_name(chunk[0])
+            table = os.path.join(self.folder.jobs, "%s.array" % name)
+            atomic_write_text(table, "".join("%s %d\n" % (r.name, r.attempt) for r in chunk))
+            script = os.path.join(self.folder.jobs, "%s.array.sh" % name)
             atomic_write_text(script, array_script(self.scheduler, table, self.folder.jobs))
-            log = os.path.join(self.folder.jobs, "%s.array_task%s.scheduler.log"
-                               % (chunk[0].name, self.scheduler.task_pattern))
-            argv = self.scheduler.submit_argv(script, chunk[0].name, log,
-                                              array=(len(chunk), self.num_jobs))
+            for k, run in enumerate(chunk):
+                run.task_log = array_task_log(self.folder, self.scheduler, name, k)
+                self.folder.log_state(run, SUBMITTING, job_name=name, task=k,
+                                      folder=self.identity)
+            argv = self.scheduler.submit_argv(
+                [script], name, array_task_log(self.folder, self.scheduler, name, None),
+                array=(len(chunk), self.num_jobs))
             array_id = self._submit(argv, chunk)
             if array_id is not None:
-                for k, (run, job_id) in enumerate(
-                        zip(chunk, self.scheduler.task_ids(array_id, len(chunk)))):
-                    self._track(run, job_id)
-                    self.task_logs[run.name] = log.replace(
-                        self.scheduler.task_pattern, str(self.scheduler.first_task + k))
+                for k, run in enumerate(chunk):
+                    self._track(run, self.scheduler.task_id(array_id, k), job_name=name, task=k)
 
     def _submit(self, argv, runs):
         """Submit with back-off; on a final failure the runs end as failed. The job id or
@@ -2058,9 +2501,14 @@ class ClusterBackend(Backend):
             self.ended.append(run)
         return None
 
-    def _track(self, run, job_id):
+    def _track(self, run, job_id, job_name=None, task=None):
+        """Follow the run's job, and say so in the journal at once (for an array task:
+        the array's name and the task's place in it)."""
         run.job_id = job_id
         self.active[job_id] = run
+        where = {} if task is None else {"task": task}
+        self.folder.log_state(run, RUNNING, job_id=job_id, job_name=job_name or
+                              self.job_name(run), folder=self.identity, **where)
 
     def attach(self, run, job_id):
         """Follow a job submitted by an earlier launcher (--resume)."""
@@ -2080,16 +2528,16 @@ class ClusterBackend(Backend):
         self.vanished.pop(job_id, None)
         run = self.active.pop(job_id)
         self.ended.append(run)
+        self.folder.drop_claim(run)
         self._claim_task_log(run)
         if self.scheduler.late_log:
             self.late_logs[run.name] = run
 
     def _claim_task_log(self, run):
         """Give an array task's log the run's own name, so it goes into the run folder."""
-        task_log = self.task_logs.get(run.name)
-        if task_log and os.path.exists(task_log):
-            _rename_free(task_log, self.folder.job_file(run, ".scheduler.log"))
-            del self.task_logs[run.name]
+        if run.task_log and os.path.exists(run.task_log):
+            _rename_free(run.task_log, self.folder.job_file(run, ".scheduler.log"))
+            run.task_log = None
 
     def _sweep_late_logs(self):
         """LSF writes its job report to the log after the job has ended (and after we moved
@@ -2164,7 +2612,8 @@ class ClusterBackend(Backend):
         jobs = list(self.active)
         self.to_submit = []
         if self.detach:
-            print("hpsearch: --detach: %d job(s) left to the scheduler" % len(jobs))
+            say("hpsearch: %d job(s) left to the scheduler (--resume re-attaches to them)"
+                % len(jobs))
             self.active = {}
             return
         # Exit statuses written before the cancel are the jobs' own; one written after it
@@ -2173,7 +2622,7 @@ class ClusterBackend(Backend):
                     for job_id in jobs}
         if jobs:
             code, _, err = run_scheduler(self.scheduler.cancel_argv(jobs), env=self.env)
-            print("hpsearch: cancelled %d job(s) with %s%s" % (
+            say("hpsearch: cancelled %d job(s) with %s%s" % (
                 len(jobs), self.scheduler.cancel_argv([])[0],
                 "" if code == 0 else " (it said: %s)" % _first_line(err)))
         for job_id in jobs:
@@ -2183,16 +2632,44 @@ class ClusterBackend(Backend):
                 run.killed, run.reason = True, "cancelled by hpsearch"
             self._end(job_id)
 
+    def abandon(self):
+        """Jobs run and record their exit status without the launcher: leave them queued."""
+        count, self.active, self.to_submit = len(self.active), {}, []
+        return "%d job(s) left to the scheduler, --resume re-attaches to them" % count
+
 
 def array_script(scheduler, table, jobs_dir):
-    """A job array's script: task i runs the i-th run's own job script."""
+    """A job array's script: task i runs the i-th run's own job script for the attempt the
+    table names (a stale task of an attempt since called off then refuses to start)."""
     return "\n".join([
         "#!/bin/sh",
         "# hpsearch job array: task i runs line i of %s" % os.path.basename(table),
         "line=$((${%s} - %d + 1))" % (scheduler.task_variable, scheduler.first_task),
-        "name=$(sed -n \"${line}p\" %s)" % shlex.quote(table),
-        "exec /bin/sh %s/\"$name\".sh" % shlex.quote(jobs_dir),
+        "set -- $(sed -n \"${line}p\" %s)" % shlex.quote(table),
+        "exec /bin/sh %s/\"$1\".sh \"$2\"" % shlex.quote(jobs_dir),
     ]) + "\n"
+
+
+def array_task_log(folder, scheduler, array_name, k):
+    """Where the scheduler logs task k (from 0) of a job array; k None: the pattern given
+    to the scheduler."""
+    task = scheduler.task_pattern if k is None else str(scheduler.first_task + k)
+    return os.path.join(folder.jobs, "%s.task%s.scheduler.log" % (array_name, task))
+
+
+def job_name_tag(identity):
+    """Six letters and digits standing for a search folder's identity in job names."""
+    return hashlib.sha1(identity.encode("utf-8")).hexdigest()[:6]
+
+
+def find_jobs(scheduler, names):
+    """``{job name: job id}`` of the jobs with these names that the scheduler still lists,
+    in one call; SchedulerError if it cannot say."""
+    if not names:
+        return {}
+    code, out, err = run_scheduler(scheduler.find_argv(sorted(names)))
+    found = scheduler.parse_find(code, out, err)
+    return {name: job for name, job in found.items() if name in names}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2201,20 +2678,20 @@ def array_script(scheduler, table, jobs_dir):
 
 
 class Progress(object):
-    """One live status line on a terminal; plain log lines otherwise. The search tells it
-    when runs start and end, so the line always agrees with the log above it."""
-
-    active = None  # the Progress of the search under way: warnings go above its line
+    """Counts runs as they start and end; on a terminal, one live status line below the
+    messages. The search tells it when runs start and end, so the line always agrees with
+    the log above it."""
 
     def __init__(self, total, stream=None):
         self.total = total
         self.stream = stream or sys.stdout
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.live = CONSOLE.is_terminal(self.stream)
         self.start = now()
         self.counts = collections.Counter()
         self.running = 0
         self._shown = False
-        Progress.active = self
+        if self.live:
+            CONSOLE.status = self  # messages go above the status line
 
     def run_started(self):
         self.running += 1
@@ -2225,18 +2702,8 @@ class Progress(object):
         if state is not None:
             self.counts[state] += 1
 
-    def above_status(self, stream, message):
-        """Write a line, keeping the status line below it."""
-        if self.live and self._shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self._shown = False
-        stream.write(message + "\n")
-        stream.flush()
-        self.show()
-
     def log(self, message):
-        self.above_status(self.stream, message)
+        CONSOLE.say(message, self.stream)
 
     def _eta(self, done):
         if not done:
@@ -2252,18 +2719,21 @@ class Progress(object):
             done, self.total, self.running, failed, waiting, _duration(now() - self.start),
             self._eta(done))
 
+    def clear(self):
+        if self._shown:
+            CONSOLE.write(self.stream, "\r\033[K")
+            self._shown = False
+
     def show(self):
         if self.live:
-            self.stream.write("\r\033[K" + self.status_line())
-            self._shown = True
-        self.stream.flush()
+            self._shown = CONSOLE.write(self.stream, "\r\033[K" + self.status_line())
 
     def close(self):
-        if self.live and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._shown:
+            CONSOLE.write(self.stream, "\n")
             self._shown = False
-        Progress.active = None
+        if CONSOLE.status is self:
+            CONSOLE.status = None
 
 
 def _duration(seconds):
@@ -2280,7 +2750,9 @@ def _duration(seconds):
 
 class StopSignals(object):
     """Ctrl-C and SIGTERM set a flag the loop checks (nothing is raised mid-write). The first
-    stops the search gracefully; a second one kills the runs at once."""
+    stops the search gracefully; a second one kills the runs at once. A hangup (terminal
+    closed, ssh connection lost) changes nothing: the search goes on, its messages go on into
+    hpsearch.log, and the runs, each in its own session, never see it."""
 
     def __init__(self):
         self.count = 0
@@ -2289,6 +2761,8 @@ class StopSignals(object):
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
+        # A handler rather than SIG_IGN, which the runs would inherit.
+        signal.signal(signal.SIGHUP, _no_op_handler)
 
     def _handle(self, signum, frame):
         self.count += 1
@@ -2316,53 +2790,80 @@ class Search(object):
         self.progress = progress
         self.signals = signals
         self.max_retries = max_retries
+        self.stopping = False     # no retries once the search is being stopped
+        self.unrecorded = []      # runs the backend reported ended, not yet recorded
         self.pending = collections.deque(r for r in runs if r.state == PENDING)
 
     def execute(self):
         """Run everything; False if a stop signal cut the search short."""
-        pending, ended = self.pending, []
-        while (pending or ended or self.backend.running()) and not self.signals:
-            started = []
+        pending = self.pending
+        while (pending or self.unrecorded or self.backend.running()) and not self.signals:
             while pending:
                 token = self.backend.slot()
                 if token is None:
                     break
-                started.append(self._start(pending.popleft(), token))
+                self._start(pending.popleft(), token)
             self.backend.flush()
-            for run in started:  # job ids are known now (an array gets them on flush)
-                self.folder.log_state(run, job_id=run.job_id, job_start=process_start_time(
-                    run.job_id) if isinstance(run.job_id, int) else None)
             # Runs that ended are recorded after their slots were refilled: that work then
             # overlaps the next runs' start-up instead of delaying it.
-            for run in ended:
-                self._finish(run)
-            ended = []
+            self._record_ended()
             if pending or self.backend.running():
                 timeout = self.backend.recheck_in()
                 timeout = self.SIGNAL_CHECK if timeout is None else min(timeout,
                                                                          self.SIGNAL_CHECK)
-                ended = self.backend.wait(timeout)
+                self.unrecorded = self.backend.wait(timeout)
             self.progress.show()
-        for run in ended:
-            self._finish(run)
+        self._record_ended()
         if not self.signals:
             return True
         self._stop_running()
         return False
 
+    def _record_ended(self, on_error=None):
+        """Record the runs the backend reported ended. ``on_error="skip"``: an OSError while
+        recording one (the launcher's own disk failing) skips it; by default it is raised."""
+        while self.unrecorded:
+            run = self.unrecorded.pop(0)
+            try:
+                self._finish(run)
+            except OSError:
+                if on_error is None:
+                    self.unrecorded.insert(0, run)  # abandon() tries once more
+                    raise
+
     def _stop_running(self):
         """Stop our runs (SIGTERM, then SIGKILL) and record each as it ends."""
+        self.stopping = True
         self.progress.close()
         if self.backend.running():
-            print("hpsearch: %s: stopping %d running run(s); press Ctrl-C again to kill them "
-                  "at once" % (self.signals.name, self.backend.running()))
+            say("hpsearch: %s: stopping %d running run(s); press Ctrl-C again to kill them "
+                "at once" % (self.signals.name, self.backend.running()))
         self.backend.stop(grace=5.0, hurry=lambda: self.signals.count > 1)
+        self._record_the_rest()
+
+    def _record_the_rest(self, on_error=None):
+        """Record runs as the backend reports their end, until none is left."""
         while True:
-            for run in self.backend.wait(self.SIGNAL_CHECK):
-                run.reason = run.reason or "stopped by hpsearch"
-                self._finish(run)
+            self._record_ended(on_error)
+            self.unrecorded = self.backend.wait(self.SIGNAL_CHECK)
+            self._record_ended(on_error)
             if not self.backend.running():
-                break
+                return
+
+    def abandon(self, exc, continue_with):
+        """The launcher's own files failed (disk full, read-only, folder removed): stop the
+        runs that must not go on unwatched, record what can still be recorded, and say what
+        happened and how to go on. The exit status."""
+        self.stopping = True
+        self.progress.close()
+        left = self.backend.abandon()
+        self._record_the_rest(on_error="skip")
+        self.progress.close()
+        CONSOLE.say("hpsearch: error: cannot write %s: %s; the search stopped (%s). Fix that "
+                    "(free space, permissions, the folder), then continue with: %s"
+                    % (exc.filename or self.folder.path, exc.strerror or exc, left,
+                       continue_with), sys.stderr)
+        return EXIT_LAUNCHER_FAILED
 
     def _start(self, run, token):
         run.state, run.started = RUNNING, time.time()
@@ -2373,7 +2874,6 @@ class Search(object):
             run.name, run.index + 1, len(self.runs), ", GPU %s" % token["_gpu"] if gpu else "",
             ", attempt %d" % run.attempt if run.attempt > 1 else ""))
         self.backend.start(run, token)
-        return run
 
     def _finish(self, run):
         run.ended = time.time()
@@ -2386,7 +2886,8 @@ class Search(object):
             run.state = FAILED
         self.folder.keep_run_files(run)
         self.folder.log_state(run)
-        if run.state != FINISHED and run.attempt <= self.max_retries and not self.signals:
+        if (run.state != FINISHED and run.attempt <= self.max_retries and not self.signals
+                and not self.stopping):
             self.progress.log("%s %s (exit %s%s); trying again (%d of %d retries)" % (
                 run.state, run.name, run.exit_code, ", " + run.reason if run.reason else "",
                 run.attempt, self.max_retries))
@@ -2415,16 +2916,18 @@ class Search(object):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one short line and a usage hint, exit status 2."""
+    """argparse, but a bad flag gives one line, ``<name>: error: ...`` with a usage hint, and
+    exit status 2."""
 
     def __init__(self, hint, **kwargs):
         argparse.ArgumentParser.__init__(self, **kwargs)
         self.hint = hint
 
     def error(self, message):
-        sys.stderr.write("%s: error: %s\n" % (self.prog, message))
-        sys.stderr.write("usage hint: %s; see %s --help\n" % (self.hint, self.prog))
-        sys.exit(2)
+        CONSOLE.say("%s: error: %s (usage: %s; see %s --help)" % (
+            os.path.splitext(self.prog)[0], one_line(message), self.hint, self.prog),
+            sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def build_parser():
@@ -2531,7 +3034,21 @@ def build_parser():
     return p
 
 
+# Flags naming files or handed to other programs: hpsearch writes them into UTF-8 files.
+TEXT_FLAGS = ("grid_module", "grid_config", "out_dir", "run_cwd", "python", "resume",
+              "scheduler_args", "resources", "slurm_mem", "slurm_gres", "slurm_partition",
+              "slurm_qos", "slurm_constraint")
+
+
 def check_flags(args):
+    for name in TEXT_FLAGS:
+        if getattr(args, name):
+            _check_argument(getattr(args, name), "--%s" % name)
+    try:
+        shlex.split(args.scheduler_args)
+    except ValueError as exc:
+        raise UsageError("--scheduler_args=%s: %s (it is split like a shell line: balance "
+                         "its quotes)" % (args.scheduler_args, exc))
     if args.scheduler not in SCHEDULERS:
         raise UsageError("--scheduler=%s is unknown; use one of: %s"
                          % (args.scheduler, ", ".join(sorted(SCHEDULERS))))
@@ -2601,18 +3118,20 @@ def resolve_out_dir(args):
 
 
 def make_runs(space, configs, config, args, folder_path, stamp):
+    """The planned runs, and the command prefix (interpreter and script) they share."""
     prefix = command_prefix(args.python, config.script_name)
     width = len(str(len(configs)))
-    runs, wo_dirs = [], []
+    runs = []
     for k, c in enumerate(configs):
         name = "sim_%s_%0*d" % (stamp, width, k + 1)
         out_dir = os.path.join(folder_path, name)
-        arguments = space.arguments(c)
-        run = Run(k, name, space.as_dict(c), build_argv(prefix, config.out_arg, out_dir,
-                                                          arguments), out_dir)
-        runs.append(run)
-        wo_dirs.append(" ".join(shlex.quote(a) for a in prefix + arguments))
-    return runs, wo_dirs
+        runs.append(Run(k, name, space.as_dict(c), build_argv(
+            prefix, config.out_arg, out_dir, space.arguments(c)), out_dir))
+    return runs, prefix
+
+
+# Exit statuses.
+EXIT_OK, EXIT_USAGE, EXIT_LAUNCHER_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def main(argv=None):
@@ -2620,15 +3139,17 @@ def main(argv=None):
     try:
         return _main(argv)
     except UsageError as exc:
-        sys.stderr.write("hpsearch: error: %s\n" % one_line(str(exc)))
-        return 2
+        CONSOLE.say("hpsearch: error: %s" % one_line(str(exc)), sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:  # an unwritable --out_dir, a full disk: say which file
-        sys.stderr.write("hpsearch: error: %s: %s (check the path and its permissions)\n"
-                         % (exc.strerror or exc, exc.filename or ""))
-        return 2
+        CONSOLE.say("hpsearch: error: %s: %s (check the path, its permissions and the free "
+                    "space)" % (exc.filename or "a file", exc.strerror or exc), sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # before the runs started: nothing to stop
-        sys.stderr.write("hpsearch: interrupted\n")
-        return 130
+        CONSOLE.say("hpsearch: interrupted", sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        CONSOLE.close()
 
 
 def _main(argv):
@@ -2636,7 +3157,7 @@ def _main(argv):
     args.given_argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)
     prepared = resume_search(args) if args.resume else new_search(args)
-    return 0 if prepared is None else run_search(args, *prepared)
+    return EXIT_OK if prepared is None else run_search(args, *prepared)
 
 
 def new_search(args):
@@ -2651,8 +3172,8 @@ def new_search(args):
     if args.dry_run:
         prefix = command_prefix(args.python, config.script_name)
         for c in configs:
-            print(" ".join(shlex.quote(a) for a in prefix + space.arguments(c)))
-        print("%d commands" % len(configs))
+            say(" ".join(shlex.quote(a) for a in prefix + space.arguments(c)))
+        say("%d commands" % len(configs))
         return None
     if not args.run_cluster:
         check_interpreter(args.python, run_cwd, "--python:")
@@ -2662,22 +3183,24 @@ def new_search(args):
     folder = SearchFolder(folder_path)
     folder.lock()
     folder.prepare()
-    runs, wo_dirs = make_runs(space, configs, config, args, folder_path, stamp)
+    CONSOLE.log_path = folder.file(LOG_FILE)
+    runs, prefix = make_runs(space, configs, config, args, folder_path, stamp)
     for path in [source] + ([args.grid_config] if args.grid_config else []):
         folder.keep_copy(path)
-    folder.write_plan(runs, config, args, space.keys, wo_dirs)
+    folder.write_plan(runs, config, args, space.keys, prefix)
     results = ResultsTable(folder.results, space.keys, config.summary_keywords, config.out_arg)
     results.create()
     return config, folder, runs, results, slots, run_cwd
 
 
 def resume_search(args):
-    """Pick up a search from its folder: its own copy of the config, its planned runs, and
-    what the journal and the run folders say became of them."""
+    """Pick up a search from its folder, wherever it is now: its own copy of the config, its
+    planned runs, and what the journal and the run folders say became of them."""
     folder = SearchFolder(os.path.abspath(args.resume))
     record = folder.read_record()
     if not args.dry_run:
         folder.lock()
+        CONSOLE.log_path = folder.file(LOG_FILE)
     run_cwd = record.get("run_cwd") or os.path.abspath(args.run_cwd)
     original = record.get("config_file") or ""
     copy = folder.file(os.path.basename(original))
@@ -2689,33 +3212,35 @@ def resume_search(args):
              % (original, copy))
     module, source = import_config_module(copy, [os.getcwd(), run_cwd])
     config = build_config(module, source, {}, run_cwd)
-    runs = [Run(r["index"], r["name"], r.get("args", {}), r["argv"], r["out_dir"])
-            for r in record["runs"]]
+    runs = runs_from_record(record, folder)
     if record.get("scheduler") and not args.run_cluster:  # a cluster search stays one
         args.run_cluster, args.scheduler = True, record["scheduler"]
     journal = folder.read_journal()
-    attached = jobs_to_reattach(runs, journal, folder) if args.run_cluster else {}
+    owner = JournalOwner(folder, record)
     if args.dry_run:  # what would run again, touching nothing
-        again = [r for r in runs if r.name not in attached and not earlier_outcome(
-            config, folder, r, journal.get(r.name) or [])[0]]
+        again = [r for r in runs if not owner.still_going(journal.get(r.name))
+                 and not earlier_outcome(config, folder, r, journal.get(r.name) or [])[0]]
         for run in again:
-            print(run.shell_command())
-        print("%d commands" % len(again))
+            say(run.shell_command())
+        say("%d commands" % len(again))
         return None
     if not args.run_cluster and runs:
         check_interpreter(runs[0].argv[0], run_cwd, "--resume %s: the search's interpreter"
                           % folder.path)
-    slots = choose_place(args)
-    folder.end_cut_line()
-    if not args.run_cluster:
-        stop_leftover_processes(folder, runs, journal)
+    place = choose_place(args)
+    folder.tidy()
+    if args.run_cluster:
+        attached = reattach_jobs(place, folder, runs, journal, owner)
+    else:
+        attached = {}
+        stop_leftover_processes(journal, owner)
     kept = restore_states(config, folder, runs, journal, attached)
     results = ResultsTable(folder.results, record.get("arg_keys") or [],
                            config.summary_keywords, config.out_arg)
     results.create(kept)
-    print("hpsearch: resuming %s: %d of %d runs finished before, %d to run"
-          % (folder.path, len(kept), len(runs), len(runs) - len(kept)))
-    return config, folder, runs, results, slots, run_cwd
+    say("hpsearch: resuming %s: %d of %d runs finished before, %d to run"
+        % (folder.path, len(kept), len(runs), len(runs) - len(kept)))
+    return config, folder, runs, results, place, run_cwd
 
 
 def _same_content(a, b):
@@ -2723,36 +3248,93 @@ def _same_content(a, b):
         return fa.read() == fb.read()
 
 
-def stop_leftover_processes(folder, runs, journal):
-    """Runs of a killed launcher may still be alive: end them (and their children) before
-    they are run again. Found by the marker in their environment (even one killed before
-    the journal got its pid), and by the pids the journal has."""
-    journaled = []
-    for run in runs:
-        entries = journal.get(run.name)
+class JournalOwner(object):
+    """Tells which journal entries were written for this copy of the search folder: a copied
+    folder holds its original's journal, whose processes and jobs are not its own."""
+
+    def __init__(self, folder, record):
+        self.identity = folder.identity()
+        planned = planned_folder(record)
+        self.legacy_here = planned is not None and _same_folder(planned, folder.path)
+        # hpsearch 1.0 marked run processes with the folder's path as it was spelled then.
+        self.legacy_marker = "%s=%s" % (LEGACY_MARKER_VARIABLE, planned) \
+            if self.legacy_here else None
+
+    def owns(self, entry):
+        if "folder" in entry:
+            return entry["folder"] == self.identity
+        return self.legacy_here  # hpsearch 1.0 entries: only in the folder that wrote them
+
+    def in_flight(self, entries):
+        """The last entry if it says the run was submitted or running here, else None."""
         last = entries[-1] if entries else None
-        if last and last.get("state") == RUNNING and last.get("job_id"):
+        if last and last["state"] in (SUBMITTING, RUNNING) and self.owns(last):
+            return last
+        return None
+
+    def still_going(self, entries):
+        return self.in_flight(entries) is not None
+
+
+def _same_folder(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def stop_leftover_processes(journal, owner):
+    """Runs of a killed launcher may still be alive: end them (and their children) before
+    they are run again. Found by the folder's identity in their environment (even one killed
+    before the journal got its pid), and by the pids the journal has for this folder."""
+    journaled = []
+    for entries in journal.values():
+        last = owner.in_flight(entries)
+        if last and _is_int(last.get("job_id")):
             pid = last["job_id"]
             if last.get("job_start") in (None, process_start_time(pid)):
                 journaled.append(pid)
-    leftovers = sorted(groups_marked(run_marker(folder)) | alive_groups(journaled))
+    markers = [run_marker(owner.identity)] + [m for m in [owner.legacy_marker] if m]
+    leftovers = sorted(groups_marked(markers) | alive_groups(journaled))
     if leftovers:
-        print("hpsearch: stopping %d run(s) left over from the interrupted launcher"
-              % len(leftovers))
+        say("hpsearch: stopping %d run(s) left over from the interrupted launcher"
+            % len(leftovers))
         terminate_groups(leftovers, grace=5.0)
 
 
-def jobs_to_reattach(runs, journal, folder):
-    """``{run name: job id}`` of cluster jobs an earlier launcher left queued or running
-    (journal says running, no exit status written yet)."""
-    attached = {}
+def reattach_jobs(scheduler, folder, runs, journal, owner):
+    """``{run name: job id}`` of cluster jobs an earlier launcher left queued or running: by
+    the job id the journal has, or, for a submission the launcher did not live to see
+    through, by the job name it was submitted under. A submission the scheduler does not
+    know is called off (its job, should it still appear, never starts) and runs again."""
+    going, cut_short = {}, []
     for run in runs:
-        entries = journal.get(run.name)
-        last = entries[-1] if entries else None
-        if (last and last.get("state") == RUNNING and last.get("job_id")
-                and not os.path.exists(folder.job_file(run, ".exit"))):
-            attached[run.name] = str(last["job_id"])
-    return attached
+        last = owner.in_flight(journal.get(run.name))
+        if last is None:
+            continue
+        run.attempt = last.get("attempt", 1)
+        if folder.recorded_exit_status(run) is not None:
+            continue  # it ended while no launcher watched: its exit status tells
+        task = last.get("task")
+        if _is_int(task) and last.get("job_name"):
+            run.task_log = array_task_log(folder, scheduler, last["job_name"], task)
+        if last["state"] == RUNNING and last.get("job_id"):
+            going[run.name] = str(last["job_id"])
+        elif last.get("job_name") and not folder.called_off(run, run.attempt):
+            cut_short.append((run, last["job_name"], task))
+    try:
+        found = find_jobs(scheduler, {name for _, name, _ in cut_short})
+        for run, name, task in cut_short:
+            if name not in found and not folder.call_off(run, run.attempt):
+                found.update(find_jobs(scheduler, {name}))  # it started after we asked
+            if name in found:
+                going[run.name] = found[name] if task is None \
+                    else scheduler.task_id(found[name], task)
+    except SchedulerError as exc:
+        raise UsageError("--resume %s: cannot ask the scheduler which of the search's "
+                         "submissions went through (%s); try again when it answers"
+                         % (folder.path, exc))
+    return going
 
 
 def earlier_outcome(config, folder, run, entries):
@@ -2774,12 +3356,15 @@ def restore_states(config, folder, runs, journal, attached):
     kept = []
     for run in runs:
         entries = journal.get(run.name) or []
-        run.attempt = max([e.get("attempt", 1) for e in entries] or [0])
+        tried = max([e.get("attempt", 1) for e in entries] or [0])  # attempts begun so far
+        run.attempt = max(tried, 1)
         if run.name in attached:
             run.state, run.job_id = RUNNING, attached[run.name]
             continue
         finished, found, summary, exit_code, watched = earlier_outcome(
             config, folder, run, entries)
+        if not watched and exit_code is not None:  # a cluster job that ended unwatched
+            folder.drop_claim(run)
         if finished:  # kept where it is
             run.state, run.out_dir, run.summary, run.exit_code = FINISHED, found, summary, exit_code
             if not watched:  # it finished after the launcher died: record that now
@@ -2787,10 +3372,9 @@ def restore_states(config, folder, runs, journal, attached):
                 folder.log_state(run, noticed_on_resume=True)
             kept.append(run)
             continue
-        if os.path.lexists(run.out_dir) or run.attempt > 0:  # it runs again, as planned
-            run.attempt = max(run.attempt, 1)
+        if os.path.lexists(run.out_dir) or tried > 0:  # it runs again, as planned
             folder.set_aside(run)
-        run.attempt += 1
+            run.attempt += 1
         run.state = PENDING
     return kept
 
@@ -2816,36 +3400,63 @@ def make_backend(args, place, folder, run_cwd):
 
 def run_search(args, config, folder, runs, results, place, run_cwd):
     """Run the search's pending runs and report; the exit status."""
+    backend = None
     try:
-        return _run_search(args, config, folder, runs, results, place, run_cwd)
+        backend = make_backend(args, place, folder, run_cwd)
+        return _run_search(args, config, folder, runs, results, backend)
     finally:
+        if backend is not None:
+            backend.close()
         folder.unlock()
 
 
-def _run_search(args, config, folder, runs, results, place, run_cwd):
-    backend = make_backend(args, place, folder, run_cwd)
-    for run in runs:
-        if run.state == RUNNING:  # a cluster job an earlier launcher submitted
-            backend.attach(run, run.job_id)
+def _run_search(args, config, folder, runs, results, backend):
     progress = Progress(len(runs))
     progress.counts[FINISHED] = sum(1 for r in runs if r.state == FINISHED)
-    print("hpsearch: %d runs in %s (%s)" % (len(runs), folder.path, backend.describe()))
     signals = StopSignals()
     signals.install()
     search = Search(config, folder, runs, backend, results, progress, signals,
                     max_retries=args.max_retries)
-    completed = search.execute()
-    backend.finish_up()
-    progress.close()
-    results.sort(config.performance_key, config.performance_sort_asc)
+    try:
+        for run in runs:
+            if run.state == RUNNING:  # a cluster job an earlier launcher submitted
+                backend.attach(run, run.job_id)
+        say("hpsearch: %d runs in %s (%s)" % (len(runs), folder.path, backend.describe()))
+        completed = search.execute()
+        backend.finish_up()
+        progress.close()
+        results.sort(config.performance_key, config.performance_sort_asc)
+    except OSError as exc:  # the launcher's own files: disk full, read-only, folder gone
+        return search.abandon(exc, continue_command(args, folder))
     counts = progress.counts
-    print("hpsearch: %s: %d finished, %d unfinished, %d failed, %d killed. Results: %s" % (
+    say("hpsearch: %s: %d finished, %d unfinished, %d failed, %d killed. Results: %s" % (
         "done" if completed else "stopped", counts[FINISHED], counts[UNFINISHED],
         counts[FAILED], counts[KILLED], folder.results))
     if not completed:
-        print("hpsearch: to continue this search: %s %s --resume %s" % (
-            os.path.basename(sys.executable), sys.argv[0], folder.path))
-    return 0 if completed else 130
+        say("hpsearch: to continue this search: %s" % continue_command(args, folder))
+    return EXIT_OK if completed else EXIT_INTERRUPTED
+
+
+# Flags that say where and how runs go rather than what runs: a resume needs them again.
+HOW_TO_RUN_FLAGS = (
+    "visible_gpus", "local_jobs", "max_num_jobs_per_gpu", "allowed_memory", "allowed_load",
+    "sim_startup_time", "gpu_poll_interval", "max_retries", "run_timeout", "run_cluster",
+    "scheduler", "num_jobs", "num_hours", "array", "poll_interval", "scheduler_args",
+    "detach", "slurm_mem", "slurm_gres", "slurm_partition", "slurm_qos", "slurm_constraint",
+    "resources")
+
+
+def continue_command(args, folder):
+    """The command that continues this search, to paste into a shell as it is: this
+    interpreter, this script, and the flags that said where and how the search ran."""
+    defaults = build_parser()
+    argv = [sys.executable or "python3", os.path.abspath(__file__)]
+    for name in HOW_TO_RUN_FLAGS:
+        value = getattr(args, name)
+        if value != defaults.get_default(name):
+            argv.append("--" + name if value is True else "--%s=%s" % (name, value))
+    argv.append("--resume=%s" % folder.path)
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 if __name__ == "__main__":

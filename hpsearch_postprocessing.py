@@ -250,36 +250,31 @@ def search_from_record(folder, args):
     record = folder.read_record(context="search folder")
     run_cwd = os.path.abspath(args.run_cwd or record.get("run_cwd") or ".")
     config = record_config(folder, record, args, run_cwd)
-    runs = []
-    for i, entry in enumerate(record["runs"]):
-        try:
-            runs.append(RunStatus(entry.get("index", i), entry["name"], entry.get("args") or {},
-                                  list(entry.get("argv") or []), entry["out_dir"]))
-        except (AttributeError, KeyError, TypeError):
-            raise UsageError("%s: run %d of the record is malformed (needs 'name' and "
-                             "'out_dir')" % (folder.record, i))
+    runs = hpsearch.runs_from_record(record, folder, run_class=RunStatus)
     arg_keys = record.get("arg_keys") or keys_in_order(r.args for r in runs)
     journal = read_journal(folder)
     local = not record.get("scheduler")  # job ids are process ids: their end can be seen
+    owner = hpsearch.JournalOwner(folder, record)
     for run in runs:
-        survey_run(run, config, folder.path, journal.get(run.name) or [], local)
+        survey_run(run, config, folder.path, journal.get(run.name) or [], local, owner)
     return SearchView(folder.path, "hpsearch", config, arg_keys, runs, run_cwd)
 
 
 def read_journal(folder):
     """``{run name: [entries in order]}`` as SearchFolder.read_journal gives it. Fast path: the
     whole journal decoded as one JSON array (one decoder call instead of one per line); if any
-    line is damaged, hpsearch's line-by-line reader, which skips such lines."""
+    line is damaged, hpsearch's line-by-line reader, which skips such lines with a warning."""
     try:
-        with open(folder.journal, encoding="utf-8") as f:
-            lines = [line for line in f.read().splitlines() if line.strip()]
+        with open(folder.journal, "rb") as f:
+            lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
         entries = json.loads("[%s]" % ",".join(lines))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return folder.read_journal()
     journal = collections.defaultdict(list)
     for entry in entries:
-        if isinstance(entry, dict) and isinstance(entry.get("run"), str):
-            journal[entry["run"]].append(entry)
+        if hpsearch.journal_entry(entry) is None:
+            return folder.read_journal()
+        journal[entry["run"]].append(entry)
     return journal
 
 
@@ -358,12 +353,18 @@ def process_gone(entry):
     return process_start_time(pid) != start
 
 
-def survey_run(run, config, search_path, entries, local=False):
+def survey_run(run, config, search_path, entries, local=False, owner=None):
     """Set the run's state, exit code, summary and notes from its journal entries (hpsearch)
     and its folder; never raises for anything a run left behind. ``local``: the search ran
-    here, so a running run whose process is gone can be told."""
+    here, so a running run whose process is gone can be told. ``owner``: tells a copied
+    folder's runs from those its original was running when it was copied."""
     last = entries[-1] if entries else {}
     logged = last.get("state")
+    if logged == hpsearch.SUBMITTING:
+        logged = RUNNING
+    if logged == RUNNING and owner is not None and not owner.owns(last):
+        run.notes.append("was running in the folder this one was copied from")
+        logged = None
     if logged in (FINISHED, UNFINISHED, FAILED, KILLED):
         run.exit_code = last.get("exit_code")
     run.attempt = last.get("attempt") or 1
@@ -498,12 +499,13 @@ def sort_runs(view):
                      view.config.performance_sort_asc)
 
 
-def result_cells(columns, out_arg, run):
+def result_cells(columns, out_arg, run, search_path):
     """A run's row as ResultsTable writes it in search_results.csv (the cells unformatted:
-    csv writes None as '' and numbers by repr, as format_cell does)."""
+    csv writes None as '' and numbers by repr, as format_cell does; the run folder relative
+    to the search folder)."""
     row = dict(run.args)
     row.update(run.summary or {})
-    row[out_arg] = run.out_dir
+    row[out_arg] = hpsearch.relative_to(search_path, run.out_dir)
     row[hpsearch.STATE_COLUMN] = run.state
     row[hpsearch.EXIT_COLUMN] = run.exit_code
     return [row.get(c) for c in columns]
@@ -516,7 +518,7 @@ def write_results(view, runs):
     earlier = keep_earlier(path)
     out_arg = view.config.out_arg
     columns = ResultsTable(path, view.arg_keys, view.config.summary_keywords, out_arg).columns
-    atomic_write_text(path, csv_text(columns, (result_cells(columns, out_arg, r)
+    atomic_write_text(path, csv_text(columns, (result_cells(columns, out_arg, r, view.path)
                                                for r in runs)))
     return path, earlier
 

@@ -85,9 +85,13 @@ def timed(argv, env=None, stdin=None, log=None):
 
 
 def search_commands(search_dir):
-    """The command lines of a search's commands.sh, in order."""
+    """The command lines of a search's commands.sh, in order (its output folders, given
+    there as "$search_dir"/..., spelled out; the lines before, which set search_dir and
+    change to the runs' folder, left out: the runs here start in that folder already)."""
     with open(os.path.join(search_dir, "commands.sh")) as f:
-        return [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+        lines = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+    commands = [line for line in lines if not line.startswith(("search_dir=", "cd "))]
+    return [c.replace('"$search_dir"', shlex.quote(search_dir)) for c in commands]
 
 
 def rewrite(commands, search_dir, new_dir):

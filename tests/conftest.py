@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -37,22 +38,44 @@ SUMMARY_FILENAME = "performance_overview.txt"
 SUMMARY_KEYWORDS = ["acc", "loss", "finished"]
 DEFAULT_GRID = {"acc": [0.25, 0.75], "seed": [1, 2]}
 
-DEFAULT_SCRIPT = r'''
+# What the tests' training scripts share: a script's text starts with SCRIPT_TOOLS.
+SCRIPT_TOOLS = r'''
 import json
 import os
 import sys
 import time
 
-OUT_ARG = "out_dir"
-
 
 def options(argv):
+    """``--key=value`` -> {key: 'value'}, ``--flag`` -> {flag: True}."""
     opts = {}
     for a in argv:
         if a.startswith("--"):
             key, eq, value = a[2:].partition("=")
             opts[key] = value if eq else True
     return opts
+
+
+def append_line(path, line):
+    """One line, appended with one O_APPEND write: lines of processes writing at once never
+    mix, and a line is whole or absent."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEDGER = os.path.join(HERE, "ledger")   # what a script notes for its test: note(file, line)
+
+
+def note(name, line):
+    append_line(os.path.join(LEDGER, name), line)
+'''
+
+DEFAULT_SCRIPT = SCRIPT_TOOLS + r'''
+OUT_ARG = "out_dir"
 
 
 def main():
@@ -181,11 +204,21 @@ class SearchDir(object):
             states[entry["run"]] = entry["state"]
         return states
 
+    def job_names(self):
+        """``{run name: scheduler job name}`` of each run's latest submission (journal)."""
+        return {e["run"]: e["job_name"] for e in self.journal() if e.get("job_name")}
+
     def results(self):
         return read_csv(self.file("search_results.csv"))
 
     def runs(self):
-        return self.record()["runs"]
+        """The record's runs as hpsearch reads them back: ``out_dir`` (the record keeps it
+        relative to the search folder) as an absolute path here, and the full ``argv``."""
+        import hpsearch
+        record = self.record()
+        planned = hpsearch.runs_from_record(record, hpsearch.SearchFolder(self.path))
+        return [dict(entry, out_dir=run.out_dir, argv=run.argv)
+                for entry, run in zip(record["runs"], planned)]
 
     def run_dir(self, name):
         return self.file(name)
@@ -238,6 +271,35 @@ def make_project(tmp_path, script_body=None, config_extra="", grid=None, conditi
     project.write_config(DEFAULT_GRID if grid is None else grid, conditions,
                          extra=config_extra, **config_kwargs)
     return project
+
+
+def ledger_path(project, name=""):
+    """A file a script's note() writes (SCRIPT_TOOLS), or the folder of them."""
+    return os.path.join(project.path, "ledger", name)
+
+
+def ledger(project, name):
+    """The lines a script noted in ``name``, split into words."""
+    try:
+        with open(ledger_path(project, name)) as f:
+            return [line.split() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def only_search(project, base=None):
+    """The path of the only search folder of ``project`` under ``base``."""
+    return project.search(base).path
 
 
 def tree(path):

@@ -20,8 +20,8 @@ FAKE_SBATCH = r"""#!/bin/sh
 D=$(dirname "$0")
 n=$(cat "$D/next_id" 2>/dev/null || echo 100)
 echo $((n + 1)) > "$D/next_id"
-for last; do :; done
-echo "$n $last" >> "$D/jobs"
+for a; do case "$a" in *.sh) script=$a;; esac; done
+echo "$n $script" >> "$D/jobs"
 echo "$n"
 """
 FAKE_SQUEUE = r"""#!/bin/sh
@@ -31,7 +31,7 @@ FAKE_SCANCEL = r"""#!/bin/sh
 D=$(dirname "$0")
 for id; do
   script=$(awk -v id="$id" '$1 == id { print $2 }' "$D/jobs")
-  echo 143 > "${script%.sh}.exit"
+  echo 143 > "${script%.sh}.a1.exit"   # what the job script of attempt 1 writes
 done
 """
 

@@ -93,19 +93,33 @@ def test_arguments_arrive_verbatim_and_nothing_runs(tmp_path):
     assert not [f for f in os.listdir(str(tmp_path)) if f.startswith("pwned")]
 
     # commands.sh and hpsearch_command.sh give the same argv when a shell runs them.
-    with open(search.file("commands.sh")) as f:
-        lines = [line for line in f.read().splitlines() if line and not line.startswith("#")]
-    assert len(lines) == 1
-    dump = "import json, sys; print(json.dumps(sys.argv[1:]))"
-    shell = "args() { %s -c %s \"$@\"; }; args %s" % (
-        shlex.quote(sys.executable), shlex.quote(dump), lines[0])
-    proc = subprocess.Popen(["/bin/sh", "-c", shell], stdout=subprocess.PIPE,
-                            universal_newlines=True, cwd=str(tmp_path))
-    shell_out, _ = proc.communicate(timeout=30)
-    assert json.loads(shell_out) == run["argv"]
-    with open(os.path.join(run["out_dir"], "hpsearch_command.sh")) as f:
-        assert f.read().strip().splitlines()[-1] == lines[0]
+    commands = search.file("commands.sh")
+    assert argv_run_by(commands, run["argv"][0], str(tmp_path)) == [run["argv"]]
+    command_file = os.path.join(run["out_dir"], "hpsearch_command.sh")
+    assert argv_run_by(command_file, run["argv"][0], str(tmp_path)) == [run["argv"]]
     assert not [f for f in os.listdir(str(tmp_path)) if f.startswith("pwned")]
+
+
+def argv_run_by(script, python, cwd):
+    """The argv of each command a shell script runs with ``python`` (it prints them
+    instead: a copy of the script beside it, with ``python`` a shell function)."""
+    dump = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    word = shlex.quote(python) + " "
+    with open(script) as f:
+        lines = f.read().splitlines()
+    assert sum(1 for line in lines if line.startswith(word)) >= 1, lines
+    lines = [("args " + line[len(word):]) if line.startswith(word) else line for line in lines]
+    lines.insert(1, "args() { %s -c %s %s \"$@\"; }" % (
+        shlex.quote(sys.executable), shlex.quote(dump), shlex.quote(python)))
+    copy = script + ".argv_test.sh"
+    with open(copy, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        out = subprocess.check_output(["/bin/sh", copy], universal_newlines=True, cwd=cwd,
+                                      timeout=30)
+    finally:
+        os.remove(copy)
+    return [json.loads(line) for line in out.splitlines()]
 
 
 def test_script_name_with_interpreter_flags_and_positional_argument(tmp_path):

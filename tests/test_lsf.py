@@ -71,19 +71,23 @@ def test_plain_jobs_finish_with_results_and_logs_in_run_folders(tmp_path, lsf):
     bsubs = lsf.calls("bsub")
     assert len(bsubs) == 3 and all(c["rc"] == 0 for c in bsubs)
     by_name = {c["argv"][c["argv"].index("-J") + 1]: c for c in bsubs}
-    assert sorted(by_name) == sorted(r["name"] for r in runs)
+    job_names = s.job_names()   # <run>-a<attempt>-<folder tag>
+    assert sorted(by_name) == sorted(job_names.values())
     for run in runs:
         name, run_dir = run["name"], run["out_dir"]
-        argv = by_name[name]["argv"]
-        log = os.path.join(s.path, "jobs", name + ".scheduler.log")
+        job = job_names[name]
+        assert job.startswith(name + "-a1-")
+        argv = by_name[job]["argv"]
+        log = os.path.join(s.path, "jobs", name + ".a1.scheduler.log")
         assert argv[argv.index("-o") + 1] == log and argv[argv.index("-e") + 1] == log
         assert argv[argv.index("-n") + 1] == "1"
         assert argv[argv.index("-W") + 1] == "24:00"        # --num_hours default
         # --resources default: its enclosing double quotes are not part of -R
         assert argv[argv.index("-R") + 1] == "rusage[mem=8000, ngpus_excl_p=1]"
         # what LSF's shell runs: the job's script (one command line; see test with a space)
-        command = lsf.jobs()[by_name[name]["job_id"]]["command"]
-        assert shlex.split(command) == ["/bin/sh", os.path.join(s.path, "jobs", name + ".sh")]
+        command = lsf.jobs()[by_name[job]["job_id"]]["command"]
+        assert shlex.split(command) == ["/bin/sh", os.path.join(s.path, "jobs", name + ".sh"),
+                                        "1"]   # the attempt
         # the run's own output, command and exit status went into its folder
         with open(os.path.join(run_dir, "job_%s.out" % name)) as f:
             assert "hello stdout from %s" % name in f.read()
@@ -92,8 +96,8 @@ def test_plain_jobs_finish_with_results_and_logs_in_run_folders(tmp_path, lsf):
         assert os.path.isfile(os.path.join(run_dir, "hpsearch_command.sh"))
         # it really ran as the LSF job hpsearch submitted
         lsb = job_record(run_dir)["lsb"]
-        assert lsb["LSB_JOBID"] == str(by_name[name]["job_id"])
-        assert lsb["LSB_JOBINDEX"] == "0" and lsb["LSB_JOBNAME"] == name
+        assert lsb["LSB_JOBID"] == str(by_name[job]["job_id"])
+        assert lsb["LSB_JOBINDEX"] == "0" and lsb["LSB_JOBNAME"] == job
     left = sorted(os.listdir(os.path.join(s.path, "jobs")))
     assert not [f for f in left if f.endswith((".out", ".err", ".sh"))], left
     assert lsf.calls("bkill") == []
@@ -128,7 +132,7 @@ def test_array_is_one_submission_throttled_to_num_jobs(tmp_path, lsf):
     assert len(bsubs) == 1, [c["argv"] for c in bsubs]
     argv = bsubs[0]["argv"]
     first = sorted(r["name"] for r in runs)[0]
-    assert argv[argv.index("-J") + 1] == "%s[1-5]%%2" % first
+    assert argv[argv.index("-J") + 1] == "%s[1-5]%%2" % s.job_names()[first]
     array_id = str(bsubs[0]["job_id"])
     # every run got its own configuration (the script refuses an existing folder) and ran
     # as one element of the array
@@ -229,7 +233,7 @@ def test_bsub_failing_twice_is_retried_and_the_search_goes_on(tmp_path, lsf):
 def test_bsub_failing_always_fails_that_run_only(tmp_path, lsf):
     project = project_for(tmp_path, {"acc": [0.1, 0.2, 0.3]})
     rc, out, err = search(project, lsf, env={"LSF_EMULATOR_FAIL_BSUB": "-1",
-                                             "LSF_EMULATOR_FAIL_BSUB_JOBNAME": "_2$"})
+                                             "LSF_EMULATOR_FAIL_BSUB_JOBNAME": "_2-a"})
     s = project.search()
     names = sorted(s.final_states())
     states = s.final_states()
@@ -238,7 +242,7 @@ def test_bsub_failing_always_fails_that_run_only(tmp_path, lsf):
     failed = [e for e in s.journal() if e["state"] == "failed"]
     assert len(failed) == 1 and failed[0]["reason"].startswith("submission failed")
     attempts = [c for c in lsf.calls("bsub") if c["argv"][c["argv"].index("-J") + 1]
-                == names[1]]
+                == s.job_names()[names[1]]]
     assert len(attempts) >= 2 and all(c["rc"] != 0 for c in attempts)
     _, rows = s.results()
     assert sorted(r["hpsearch_state"] for r in rows) == ["failed", "finished", "finished"]
@@ -320,7 +324,7 @@ def test_launcher_lsb_variables_do_not_reach_jobs(tmp_path, lsf):
                    submitted_ids(lsf)))
     for run in s.runs():
         lsb = job_record(run["out_dir"])["lsb"]
-        assert lsb["LSB_JOBID"] == ids[run["name"]] != "999"
+        assert lsb["LSB_JOBID"] == ids[s.job_names()[run["name"]]] != "999"
         assert lsb["LSB_JOBINDEX"] == "0"
         assert "LSB_MCPU_HOSTS" not in lsb and "LSB_DJOB_HOSTFILE" not in lsb, lsb
 

@@ -261,8 +261,8 @@ def test_performance_criteria_moves_runs_and_a_second_pass_keeps_the_earlier_csv
     assert sorted(os.listdir(trash)) == low
     for name in low:
         assert not os.path.exists(search.file(name))
-        assert by_run[name]["out_dir"] == os.path.join(trash, name)
         assert "  %s" % name in out
+        assert by_run[name]["out_dir"] == os.path.join("TO_BE_DELETED", name)
     # Nothing deleted or changed: every file is still there, with the same content.
     after = snapshot(search.path)
     for rel, (mtime, content) in before.items():
@@ -286,7 +286,7 @@ def test_performance_criteria_moves_runs_and_a_second_pass_keeps_the_earlier_csv
         assert f.read() == first_csv
     _, _, by_run = csv_by_run(search.file("postprocessing_results.csv"))
     for name in low:
-        assert by_run[name]["out_dir"] == os.path.join(trash, name)
+        assert by_run[name]["out_dir"] == os.path.join("TO_BE_DELETED", name)
         assert by_run[name]["hpsearch_state"] == "finished"
     assert "the earlier one is now %s" % kept[0] in out
 
@@ -567,8 +567,7 @@ def test_hypnettorch_folder_is_read(tmp_path):
                       "hpsearch_state", "hpsearch_exit_code"]
     assert [r["acc"] for r in rows] == ["0.82", "0.61", "0.3", ""]
     assert by_run["sim_20200101000000_4"]["hpsearch_state"] == "not_started"
-    assert by_run["sim_20200101000000_1"]["out_dir"] == os.path.join(
-        search, "sim_20200101000000_1")
+    assert by_run["sim_20200101000000_1"]["out_dir"] == "sim_20200101000000_1"
     # The never-started run, as a command like hypnettorch's (flags rendered the same way).
     line = [x for x in out.splitlines() if "# sim_20200101000000_4" in x][0]
     argv = shlex.split(line.split("    # ")[0])

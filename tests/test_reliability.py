@@ -33,31 +33,12 @@ import time
 import pytest
 
 import hpsearch
-from conftest import HPSEARCH, make_project, run_hpsearch, tree, write_file
+from conftest import (HPSEARCH, SCRIPT_TOOLS, SearchDir, ledger, ledger_path, make_project,
+                      only_search, run_hpsearch, tree, wait_for, write_file)
 
-SCRIPT = r'''
-import os
+SCRIPT = SCRIPT_TOOLS + r'''
 import signal
 import subprocess
-import sys
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-LEDGER = os.path.join(HERE, "ledger")
-
-
-def note(name, line):
-    with open(os.path.join(LEDGER, name), "a") as f:
-        f.write(line + "\n")
-
-
-def options(argv):
-    opts = {}
-    for a in argv:
-        if a.startswith("--"):
-            key, eq, value = a[2:].partition("=")
-            opts[key] = value if eq else True
-    return opts
 
 
 def count_attempt(job):
@@ -184,18 +165,6 @@ def search_with(project, *args, **kwargs):
     return project.hpsearch(*args, **kwargs)
 
 
-def ledger_path(project, name=""):
-    return os.path.join(project.path, "ledger", name)
-
-
-def ledger(project, name):
-    try:
-        with open(ledger_path(project, name)) as f:
-            return [line.split() for line in f.read().splitlines() if line.strip()]
-    except OSError:
-        return []
-
-
 def recorded_pids(project):
     return [int(parts[0]) for parts in ledger(project, "pids.txt")]
 
@@ -216,15 +185,6 @@ def alive(pid):
     except OSError:
         return True
     return True
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def journal_entries(path):
@@ -258,14 +218,8 @@ def read_results(search):
 
 
 def record_runs(search):
-    with open(os.path.join(search, "search_record.json")) as f:
-        return {r["args"]["job"]: r for r in json.load(f)["runs"]}
-
-
-def only_search(project):
-    found = project.searches()
-    assert len(found) == 1, [s.path for s in found]
-    return found[0].path
+    """The record's runs by their ``job`` argument, their ``out_dir`` absolute."""
+    return {r["args"]["job"]: r for r in SearchDir(search).runs()}
 
 
 def launch(project, *args, **kwargs):
@@ -806,7 +760,8 @@ def test_two_searches_at_once_into_one_out_dir(tmp_path):
         rows = read_results(search)[1]
         assert sorted(r["job"] for r in rows) == ["ok.1", "ok.2"]
         assert all(r["hpsearch_state"] == "finished" for r in rows)
-        assert all(r["out_dir"].startswith(search + os.sep) for r in rows)
+        # run folders are named relative to the search folder, and lie in it
+        assert all(os.path.isdir(os.path.join(search, r["out_dir"])) for r in rows)
     assert sorted(p[0] for p in ledger(project, "done.txt")) == ["ok.1", "ok.1", "ok.2", "ok.2"]
 
 

@@ -187,7 +187,9 @@ def test_csv_has_one_row_per_run_and_every_column(outcomes):
             assert row["hpsearch_exit_code"] == code, case
         if acc is not None:
             assert row["acc"] == acc, case
-        assert row["out_dir"] == runs[case]["out_dir"]
+        # the run folder, relative to the search folder (which may be moved or copied)
+        assert row["out_dir"] == runs[case]["name"]
+        assert os.path.join(search.path, row["out_dir"]) == runs[case]["out_dir"]
         assert row["seed"] == "1"
         assert row["extra"] == ("e" if case == "good_hi" else "")
     assert by_case["reordered"]["loss"] == "1e-05"
@@ -251,13 +253,21 @@ def test_logs_stay_in_jobs_when_the_script_made_no_folder(outcomes):
 def test_search_record(outcomes):
     project, search, out = outcomes
     record = search.record()
-    assert record["format"] == "hpsearch-record-1"
+    assert record["format"] == "hpsearch-record-2"
+    assert re.match(r"^[0-9a-f]{12}$", record["search_id"])
     assert record["out_arg"] == "out_dir"
     assert record["summary_keywords"] == ["acc", "loss", "finished"]
     assert record["performance_key"] == "acc"
     assert record["performance_sort_asc"] is False
     assert record["arg_keys"] == ["case", "seed", "extra"]
-    runs = record["runs"]
+    # Paths of runs are relative to the search folder; their commands share one prefix.
+    assert record["command_prefix"] == [record["command_prefix"][0], "train.py"]
+    assert os.path.realpath(record["command_prefix"][0]) == os.path.realpath(sys.executable)
+    for raw in record["runs"]:
+        assert raw["out_dir"] == raw["name"] and "argv" not in raw
+        assert raw["arguments"] == ["--%s=%s" % kv for kv in raw["args"].items()]
+    assert search.path not in json.dumps(record["runs"])
+    runs = search.runs()   # read back as hpsearch does: absolute folders, full argv
     assert [r["index"] for r in runs] == list(range(len(CASES)))
     # --deterministic_search: grid order; the condition's replacement comes after the others.
     assert [r["args"]["case"] for r in runs] == [c for c in CASES if c != "good_hi"] + [
@@ -275,12 +285,17 @@ def test_search_record(outcomes):
         assert os.path.realpath(run["argv"][0]) == os.path.realpath(sys.executable)
     with open(search.file("hp_config.py")) as f, open(project.config) as g:
         assert f.read() == g.read()
+    # commands.sh: from the runs' folder, output folders beside the script wherever it is
     with open(search.file("commands.sh")) as f:
         lines = [l for l in f.read().splitlines() if l and not l.startswith("#")]
-    assert [shlex.split(l) for l in lines] == [r["argv"] for r in runs]
+    assert lines[:2] == ['search_dir=$(cd "$(dirname "$0")" && pwd) || exit',
+                         "cd %s || exit" % shlex.quote(project.path)]
+    assert [shlex.split(l.replace('"$search_dir"', search.path)) for l in lines[2:]] == [
+        r["argv"] for r in runs]
     with open(search.file("commands_wo_dirs.sh")) as f:
         lines = [l for l in f.read().splitlines() if l and not l.startswith("#")]
-    assert [shlex.split(l) for l in lines] == [
+    assert lines[0] == "cd %s || exit" % shlex.quote(project.path)
+    assert [shlex.split(l) for l in lines[1:]] == [
         r["argv"][:2] + r["argv"][3:] for r in runs]
 
 

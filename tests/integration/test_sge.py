@@ -27,6 +27,8 @@ import time
 
 import pytest
 
+from conftest import SCRIPT_TOOLS
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HPSEARCH = os.path.join(os.environ.get("HPSEARCH_TEST_IMPORT", REPO), "hpsearch.py")
 TOOLS = ("qsub", "qstat", "qdel", "qacct")
@@ -71,11 +73,6 @@ def grid_engine():
 
 
 TRAIN = r'''
-import json
-import os
-import sys
-import time
-
 LEDGER = %(ledger)r
 WATCH = %(watch)r
 
@@ -84,19 +81,11 @@ def note(opts, event, **extra):
     entry = {"event": event, "time": time.time(), "id": opts.get("id"), "pid": os.getpid(),
              "job_id": os.environ.get("JOB_ID"), "task": os.environ.get("SGE_TASK_ID")}
     entry.update(extra)
-    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(entry) + "\n").encode())
-    finally:
-        os.close(fd)
+    append_line(LEDGER, json.dumps(entry))
 
 
 def main():
-    opts = {}
-    for arg in sys.argv[1:]:
-        if arg.startswith("--"):
-            key, _, value = arg[2:].partition("=")
-            opts[key] = value
+    opts = options(sys.argv[1:])
     out_dir = opts["out_dir"]
     if os.path.exists(out_dir):
         sys.exit("train.py: refusing to overwrite %%s" %% out_dir)
@@ -154,7 +143,7 @@ class Search(object):
         os.makedirs(self.proj)
         os.makedirs(self.bin)
         with open(os.path.join(self.proj, "train.py"), "w") as f:
-            f.write(TRAIN % {"ledger": self.ledger_path, "watch": WATCH})
+            f.write(SCRIPT_TOOLS + TRAIN % {"ledger": self.ledger_path, "watch": WATCH})
         with open(os.path.join(self.proj, "cfg.py"), "w") as f:
             f.write(CONFIG % {"grid": grid})
         for tool in TOOLS:

@@ -319,7 +319,9 @@ def test_plain_jobs_finish_and_are_recorded(site):
         for kept in ("hpsearch_command.sh", "job_%s.err" % name, "hpsearch_scheduler.log"):
             assert os.path.isfile(os.path.join(folder, kept)), (name, os.listdir(folder))
         job = show_job(ids[name])
-        assert job["JobName"] == name and job["JobState"] == "COMPLETED", job
+        # the job's name is unique to the attempt and to this search folder
+        assert job["JobName"] == search.job_names()[name] and job["JobState"] == "COMPLETED"
+        assert job["JobName"].startswith(name + "-a1-"), job
         assert job["MinMemoryNode"] == "100M" and job["TimeLimit"] == "1-00:00:00", job
     left = [f for f in os.listdir(search.file("jobs")) if f.startswith(tuple(runs))]
     assert left == [], "run files left in jobs/: %s" % left
@@ -455,7 +457,7 @@ def test_resume_records_a_job_that_ended_while_no_launcher_watched(site):
     proc.send_signal(signal.SIGINT)
     assert site.finish(proc, timeout=60)[0] == 130
     first = [r["name"] for r in search.runs() if r["args"]["sleep"] == 1][0]
-    wait_for("run 1 to end", lambda: os.path.exists(search.file("jobs", first + ".exit")))
+    wait_for("run 1 to end", lambda: os.path.exists(search.file("jobs", first + ".a1.exit")))
     rc, out = site.hpsearch("--resume", search.path)
     assert rc == 0, out
     assert len(site.calls("sbatch")) == 2
@@ -561,11 +563,12 @@ def test_kill_9_of_the_launcher_then_resume_reattaches(site):
     before = dict(job_ids(search))
     assert len(before) == 2 and len(site.calls("sbatch")) == 2
     names = {r["args"]["sleep"]: r["name"] for r in search.runs()}
-    wait_for("run 1 to end", lambda: os.path.exists(search.file("jobs", names[1] + ".exit")))
+    wait_for("run 1 to end", lambda: os.path.exists(search.file("jobs", names[1] + ".a1.exit")))
     assert queue_states([before[names[8]]])[before[names[8]]] in ("PENDING", "RUNNING")
     rc, out = site.hpsearch("--resume", search.path, "--num_jobs=2")
     assert rc == 0, out
-    submitted = [c[3].split()[-1] for c in site.calls("sbatch")]
+    # the job script and the attempt are the last two arguments of each sbatch call
+    submitted = [tuple(c[3].split()[-2:]) for c in site.calls("sbatch")]
     assert len(submitted) == 4 and len(set(submitted)) == 4, submitted   # none twice
     after = job_ids(search)
     assert after[names[8]] == before[names[8]]
