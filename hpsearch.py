@@ -14,6 +14,7 @@ import atexit
 import collections
 import csv
 import datetime
+import difflib
 import errno
 import fcntl
 import hashlib
@@ -32,6 +33,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -465,11 +467,20 @@ def build_config(module, source, override, run_cwd, check_script=True):
     for handle in ("_SUMMARY_PARSER_HANDLE", "_PERFORMANCE_EVAL_HANDLE", "_ARGPARSE_HANDLE"):
         if settings[handle] is not None and not callable(settings[handle]):
             raise UsageError("%s: %s must be a function or None" % (where, handle))
-    script = _script_path(settings["_SCRIPT_NAME"], run_cwd) if check_script else None
+    config = SearchConfig(source, grid, conditions, settings)
+    problem = missing_script(config, run_cwd) if check_script else None
+    if problem:
+        raise UsageError(problem)
+    return config
+
+
+def missing_script(config, run_cwd):
+    """What is wrong when the training script is not there, else None."""
+    script = _script_path(config.script_name, run_cwd)
     if script is not None and not os.path.isfile(script):
-        raise UsageError("%s: _SCRIPT_NAME %r: no such file %s (check --run_cwd, which the "
-                         "script name is relative to)" % (where, settings["_SCRIPT_NAME"], script))
-    return SearchConfig(source, grid, conditions, settings)
+        return ("%s: _SCRIPT_NAME %r: no such file %s (check --run_cwd, which the script name "
+                "is relative to)" % (config.source, config.script_name, script))
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,10 +611,14 @@ class GridSpace(object):
     def __init__(self, grid, conditions, warn=warn):
         self.keys = list(grid)
         self.n_grid = len(self.keys)
+        self.skipped_conditions = 0
+        self.after_conditions = None   # configurations expand() made before removing duplicates
+        self.unique = None             # ... and after
         active = []
         for i, (trigger, action) in enumerate(conditions):
             missing = [k for k in trigger if k not in grid]
             if missing:
+                self.skipped_conditions += 1
                 warn("condition %d is skipped: its trigger names %s, which %s not in the grid"
                      % (i, ", ".join(map(repr, missing)), "is" if len(missing) == 1 else "are"))
                 continue
@@ -680,7 +695,11 @@ class GridSpace(object):
 
     def expand(self):
         """All configurations: product, conditions in order, duplicates removed."""
-        return self.dedup(self._enforce(self._initial_product()))
+        codes = self._enforce(self._initial_product())
+        self.after_conditions = len(codes)
+        codes = self.dedup(codes)
+        self.unique = len(codes)
+        return codes
 
     def size_of_product(self):
         return _product(self.grid_sizes)
@@ -737,6 +756,30 @@ def expand_configs(grid, conditions=(), warn=warn):
     """Convenience for scripts and tests: the full search as a list of ``{key: value}`` dicts."""
     space = GridSpace(grid, list(conditions), warn=warn)
     return [space.as_dict(c) for c in space.expand()]
+
+
+def plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+def exit_text(code):
+    return "no exit status" if code is None else "exit %s" % code
+
+
+def describe_plan(space, configs, random_pick):
+    """``N commands (G grid points, D duplicates removed, C conditions skipped)``: how the
+    grid became the commands (duplicate removal and skipped conditions are never silent)."""
+    parts = [plural(space.size_of_product(), "grid point")]
+    if random_pick:
+        parts[0] = "drawn at random from " + parts[0]
+    else:
+        if space.after_conditions != space.size_of_product():
+            parts.append("%d after conditions" % space.after_conditions)
+        parts.append(plural(space.after_conditions - space.unique, "duplicate") + " removed")
+    parts.append(plural(space.skipped_conditions, "condition") + " skipped")
+    if not random_pick and len(configs) < space.unique:
+        parts.append("the first %d of %d, --num_searches" % (len(configs), space.unique))
+    return "%s (%s)" % (plural(len(configs), "command"), ", ".join(parts))
 
 
 def plan_configs(space, num_searches, random_pick, deterministic, seed):
@@ -891,6 +934,39 @@ def collect_summary(config, run, out_dir=None):
         return None
 
 
+def why_unfinished(config, run):
+    """Why a run that exited 0 is not finished: which summary was looked for, and what was
+    found instead (the usual cause is a misnamed _SUMMARY_FILENAME)."""
+    if not os.path.isdir(run.out_dir):
+        return "the script made no run folder %s" % run.out_dir
+    if config.summary_parser is not None:
+        return "_SUMMARY_PARSER_HANDLE gave no 'finished 1' for %s" % run.out_dir
+    path = os.path.join(run.out_dir, config.summary_filename)
+    if not os.path.isfile(path):
+        found = sorted(n for n in _listdir(run.out_dir) if not n.startswith(("job_", "hpsearch_")))
+        holds = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "") if found else "nothing"
+        return "no %s in %s (it holds: %s)" % (config.summary_filename, run.out_dir, holds)
+    finished = (run.summary or {}).get("finished")
+    if finished is None:
+        return "%s has no 'finished' line" % path
+    return "%s says finished %s, not 1" % (path, format_cell(finished))
+
+
+def last_line_of(path, width=160):
+    """The last non-empty line of a text file (from its last 4 KiB), shortened to ``width``;
+    '' if there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    line = one_line(lines[-1]) if lines else ""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
 def format_cell(value):
     if value is None:
         return ""
@@ -910,20 +986,33 @@ def sort_number(text):
 
 STATE_COLUMN = "hpsearch_state"
 EXIT_COLUMN = "hpsearch_exit_code"
+REASON_COLUMN = "hpsearch_reason"
+# Best first: finished runs, then those that did not finish. States of postprocessing that no
+# launcher writes (running, never started, ...) come after all of these.
+STATE_RANK = {FINISHED: 0, UNFINISHED: 1, FAILED: 2, KILLED: 3}
+
+
+def rank_key(state, value, ascending):
+    """Sort key of a run: its state's rank, then the performance value (best first; a run
+    without a number in it last within its state)."""
+    number = sort_number(format_cell(value))
+    return (STATE_RANK.get(state, len(STATE_RANK)), number is None,
+            0 if number is None else (number if ascending else -number))
 
 
 class ResultsTable(object):
-    """``search_results.csv``: ``;``-separated, a row appended as each run ends, sorted at the end.
+    """``search_results.csv``: ``;``-separated, a row appended as each run ends, sorted at the end
+    (finished runs first, by the performance key).
 
-    Columns: every argument, every summary keyword, the output folder (relative to the search
-    folder, so the table stays right when the folder is copied or moved), the run's state and
-    exit code.
+    Columns: every summary keyword (in ``_SUMMARY_KEYWORDS`` order), every argument, the output
+    folder (relative to the search folder, so the table stays right when the folder is copied
+    or moved), the run's state, exit code and the reason it did not finish.
     """
 
     def __init__(self, path, arg_keys, keywords, out_arg):
         self.path = path
-        self.columns = list(arg_keys) + [k for k in keywords if k not in arg_keys]
-        self.columns += [out_arg, STATE_COLUMN, EXIT_COLUMN]
+        self.columns = list(keywords) + [k for k in arg_keys if k not in keywords]
+        self.columns += [out_arg, STATE_COLUMN, EXIT_COLUMN, REASON_COLUMN]
         self.out_arg = out_arg
 
     def create(self, kept_runs=()):
@@ -942,28 +1031,32 @@ class ResultsTable(object):
         row[self.out_arg] = relative_to(os.path.dirname(self.path), run.out_dir)
         row[STATE_COLUMN] = run.state
         row[EXIT_COLUMN] = run.exit_code
+        row[REASON_COLUMN] = run.reason if run.state != FINISHED else ""
         return [format_cell(row.get(c)) for c in self.columns]
 
     def append(self, run):
         append_line(self.path, self._line(self._cells(run)))
 
     def sort(self, key, ascending):
-        """Rewrite the file sorted by ``key``; rows without a number in it go last."""
+        """Rewrite the file best first (see rank_key)."""
         with open(self.path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f, delimiter=";"))
         if not rows:
             return
         header, body = rows[0], rows[1:]
-        if key not in header:
+        if key not in header or STATE_COLUMN not in header:
             return
-        col = header.index(key)
-        numbered = [(sort_number(r[col]) if col < len(r) else None, r) for r in body]
-        sign = 1 if ascending else -1
-        numbered.sort(key=lambda nr: (nr[0] is None, sign * nr[0] if nr[0] is not None else 0))
+        cell = {name: header.index(name) for name in (key, STATE_COLUMN)}
+
+        def row_key(row):
+            value, state = (row[cell[c]] if cell[c] < len(row) else "" for c in (key,
+                                                                                    STATE_COLUMN))
+            return rank_key(state, value, ascending)
+        body.sort(key=row_key)
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter=";", lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(r for _, r in numbered)
+        writer.writerows(body)
         atomic_write_text(self.path, buf.getvalue())
 
 
@@ -1086,8 +1179,8 @@ class SearchFolder(object):
                 handle.seek(0)
                 holder = handle.read().strip() or "?"
                 handle.close()
-                raise UsageError("%s is in use by another hpsearch launcher (pid %s); let it "
-                                 "finish or stop it first" % (self.path, holder))
+                raise UsageError("%s is in use by another hpsearch launcher (pid and host: %s); "
+                                 "let it finish or stop it first" % (self.path, holder))
             try:  # the launcher before us may have removed the file we locked: lock anew
                 if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
                     break
@@ -1096,7 +1189,7 @@ class SearchFolder(object):
             handle.close()
         handle.seek(0)
         handle.truncate()
-        handle.write("%d\n" % os.getpid())
+        handle.write("%d %s\n" % (os.getpid(), socket.gethostname()))
         handle.flush()
         self._lock = handle
         atexit.register(self.unlock)  # also when the launcher stops before its search runs
@@ -1317,6 +1410,11 @@ class SearchFolder(object):
             except (OSError, ValueError):
                 continue
         return None
+
+    def log_of(self, run, suffix):
+        """Where a run's ``.out`` or ``.err`` is now: in its folder, or still in jobs/."""
+        kept = os.path.join(run.out_dir, JOB_FILES[suffix].replace("<run>", run.name))
+        return kept if os.path.exists(kept) else self.job_file(run, suffix)
 
     def keep_run_files(self, run):
         """Move a run's command and logs into its folder, if the script made one. Where that
@@ -1557,8 +1655,9 @@ class Backend(object):
     """Starts runs and reports when they end. The search loop asks:
 
     ``slot()``          a token if another run may start now, else None;
-    ``start(run, tok)`` starts it; ``wait(timeout)`` returns the runs that ended (their
-                        ``exit_code``/``reason`` set), waiting at most ``timeout`` seconds;
+    ``start(run, tok)`` starts it (False: it could not, and ``wait`` reports it ended);
+    ``wait(timeout)``   returns the runs that ended (their ``exit_code``/``reason`` set),
+                        waiting at most ``timeout`` seconds;
     ``recheck_in()``    seconds until ``slot()`` may change without a run ending (None: never);
     ``running()``       how many runs it has going; ``stop()`` ends every run still going;
     ``abandon()``       the launcher cannot go on: end what must not run unwatched;
@@ -1568,8 +1667,15 @@ class Backend(object):
     the run again (a process id, a job id, or, before a submission, the job's name).
     """
 
+    started_word = "started"   # how the log says that a run began
+
     def describe(self):
         return ""
+
+    def why_waiting(self):
+        """Why no run can start although runs wait: ``[(kind, text, short text)]``; [] when
+        only the backend's own limit (slots, --num_jobs) holds them."""
+        return []
 
     def abandon(self):
         """What the user must know: which runs were stopped or left going."""
@@ -1608,6 +1714,9 @@ class CpuSlots(object):
 
     def recheck_in(self):
         return None
+
+    def why_waiting(self):
+        return []  # all N slots busy: only a run's end frees one, as --local_jobs says
 
     def describe(self):
         return "%d run%s at a time, no GPU assignment" % (self.n, "" if self.n == 1 else "s")
@@ -1665,26 +1774,41 @@ class GpuSlots(object):
             if any(_in_session(p, pid) for p in pids):
                 del self.hold[i]
 
-    def _free_of_hold(self, i):
+    def _hold_left(self, i):
+        """Seconds GPU i still holds after its last start (0: no hold)."""
         h = self.hold.get(i)
-        if h is None:
-            return True
-        if now() >= h[0]:
+        if h is not None and now() >= h[0]:
             del self.hold[i]
-            return True
-        return False
+            h = None
+        return 0 if h is None else h[0] - now()
 
-    def _fits(self, gpu):
-        mem, load = gpu.memory_fraction, gpu.load
-        return ((mem is None or mem <= self.max_memory)
-                and (load is None or load <= self.max_load))
+    def _blocker(self, i):
+        """Why GPU i cannot take a run now, as ``(kind, text, short text)``; None if it can."""
+        gpu = self.gpus[i]
+        if self.ours[i] >= self.per_gpu:
+            return ("full", "GPU %d: %d run(s), --max_num_jobs_per_gpu=%d"
+                    % (i, self.ours[i], self.per_gpu), "GPU%d full" % i)
+        held = self._hold_left(i)
+        if held > 0:
+            return ("hold", "GPU %d: start-up hold, %d s left (--sim_startup_time)"
+                    % (i, math.ceil(held)), "GPU%d hold %ds" % (i, math.ceil(held)))
+        over = [(name, flag, value, limit) for name, flag, value, limit in (
+            ("memory", "--allowed_memory", gpu.memory_fraction, self.max_memory),
+            ("load", "--allowed_load", gpu.load, self.max_load))
+            if value is not None and value > limit]
+        if over:
+            return ("/".join(o[0] for o in over), "GPU %d: %s" % (i, ", ".join(
+                "%s %d%% > %d%% (%s)" % (name, round(100 * value), round(100 * limit), flag)
+                for name, flag, value, limit in over)), "GPU%d %s" % (i, " ".join(
+                    "%s %d%%>%d%%" % (name[:3], round(100 * value), round(100 * limit))
+                    for name, _, value, limit in over)))
+        return None
 
     def acquire(self):
-        open_gpus = [i for i in self.order if self.ours[i] < self.per_gpu]
-        if not open_gpus:
+        if all(self.ours[i] >= self.per_gpu for i in self.order):
             return None
         self._refresh()  # rate-limited; also ends holds whose process has appeared
-        candidates = [i for i in open_gpus if self._free_of_hold(i) and self._fits(self.gpus[i])]
+        candidates = [i for i in self.order if self._blocker(i) is None]
         if not candidates:
             return None
         best = min(candidates, key=lambda i: (self.ours[i], self.gpus[i].memory_fraction or 0))
@@ -1692,6 +1816,10 @@ class GpuSlots(object):
         gpu = self.gpus[best]
         return {"CUDA_VISIBLE_DEVICES": gpu.uuid or str(gpu.index),
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "_gpu": best}
+
+    def why_waiting(self):
+        """What keeps each GPU from taking a run: ``[(kind, text, short text)]``."""
+        return [b for b in (self._blocker(i) for i in self.order) if b is not None]
 
     def started(self, env, pid):
         env["_pid"] = pid
@@ -1875,6 +2003,9 @@ class LocalBackend(Backend):
     def slot(self):
         return self.slots.acquire()
 
+    def why_waiting(self):
+        return self.slots.why_waiting()
+
     def recheck_in(self):
         waits = [w for w in [self.slots.recheck_in()] if w is not None]
         waits.extend(max(0.0, d - now()) for d in self.deadlines.values())
@@ -1897,17 +2028,19 @@ class LocalBackend(Backend):
                 self.slots.release(token)
                 run.exit_code, run.reason = 127, "could not start: %s" % exc
                 self.failed_starts.append(run)
-                return
+                return False
         # The run is under way; what follows overlaps its start-up instead of delaying it.
         run.process = proc
         run.job_id = proc.pid
         self.active[run.name] = (run, token)
         if self.run_timeout:
             self.deadlines[run.name] = now() + self.run_timeout
+        gpu = {"gpu": token["_gpu"]} if "_gpu" in token else {}
         self.folder.log_state(run, job_id=proc.pid, job_start=process_start_time(proc.pid),
-                              folder=self.identity)
+                              folder=self.identity, **gpu)
         self.slots.started(token, proc.pid)
         write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
+        return True
 
     def _enforce_timeouts(self):
         """SIGTERM to runs past --run_timeout, SIGKILL to those still there after a grace."""
@@ -2393,6 +2526,7 @@ class ClusterBackend(Backend):
     the scheduler's array throttle with ``--array``), polled in one call per cycle."""
 
     SUBMIT_TRIES = 4
+    started_word = "submitted"
 
     def __init__(self, scheduler, folder, cwd, num_jobs, poll_interval, use_array=False,
                  detach=False):
@@ -2443,7 +2577,7 @@ class ClusterBackend(Backend):
                          self.folder.claim_stem(run))
         if self.use_array:
             self.to_submit.append(run)
-            return
+            return True
         name = self.job_name(run)
         self.folder.log_state(run, SUBMITTING, job_name=name, folder=self.identity)
         # The attempt goes with the job: a scheduler that reads the script only when the
@@ -2454,6 +2588,7 @@ class ClusterBackend(Backend):
         job_id = self._submit(argv, [run])
         if job_id is not None:
             self._track(run, job_id)
+        return job_id is not None
 
     def flush(self):
         """Submit the runs gathered for a job array (one submission per chunk). Task k runs
@@ -2689,6 +2824,7 @@ class Progress(object):
         self.start = now()
         self.counts = collections.Counter()
         self.running = 0
+        self.waiting_for = ""   # in short, what keeps waiting runs from starting
         self._shown = False
         if self.live:
             CONSOLE.status = self  # messages go above the status line
@@ -2713,11 +2849,12 @@ class Progress(object):
 
     def status_line(self):
         done = sum(self.counts[s] for s in ENDED_STATES)
-        failed = done - self.counts[FINISHED]
         waiting = self.total - done - self.running
-        return "[%d/%d done, %d running, %d failed, %d waiting | %s elapsed, ETA %s]" % (
-            done, self.total, self.running, failed, waiting, _duration(now() - self.start),
-            self._eta(done))
+        return "[%d/%d done (%s) | %d running, %d waiting%s | %s elapsed, ETA %s]" % (
+            done, self.total, ", ".join("%d %s" % (self.counts[s], s) for s in ENDED_STATES
+                                        if self.counts[s] or s in (FINISHED, FAILED)),
+            self.running, waiting, ": " + self.waiting_for if waiting and self.waiting_for
+            else "", _duration(now() - self.start), self._eta(done))
 
     def clear(self):
         if self._shown:
@@ -2792,21 +2929,16 @@ class Search(object):
         self.max_retries = max_retries
         self.stopping = False     # no retries once the search is being stopped
         self.unrecorded = []      # runs the backend reported ended, not yet recorded
+        self.told_wait = None     # what blocked waiting runs when last said
         self.pending = collections.deque(r for r in runs if r.state == PENDING)
 
     def execute(self):
         """Run everything; False if a stop signal cut the search short."""
         pending = self.pending
         while (pending or self.unrecorded or self.backend.running()) and not self.signals:
-            while pending:
-                token = self.backend.slot()
-                if token is None:
-                    break
-                self._start(pending.popleft(), token)
-            self.backend.flush()
-            # Runs that ended are recorded after their slots were refilled: that work then
-            # overlaps the next runs' start-up instead of delaying it.
+            # Ends first: a run's end is told before the start of the run taking its slot.
             self._record_ended()
+            self._start_what_fits()
             if pending or self.backend.running():
                 timeout = self.backend.recheck_in()
                 timeout = self.SIGNAL_CHECK if timeout is None else min(timeout,
@@ -2818,6 +2950,28 @@ class Search(object):
             return True
         self._stop_running()
         return False
+
+    def _start_what_fits(self):
+        while self.pending:
+            token = self.backend.slot()
+            if token is None:
+                self._explain_wait()
+                break
+            self._start(self.pending.popleft(), token)
+        self.backend.flush()
+
+    def _explain_wait(self):
+        """Runs wait, and not only for our own runs to end: say which GPU blocks for what
+        reason, once per change (the live status line shows it in short)."""
+        blockers = self.backend.why_waiting()
+        if all(kind == "full" for kind, _, _ in blockers):  # only our own limit: as it should
+            self.progress.waiting_for, self.told_wait = "", None
+            return
+        self.progress.waiting_for = ", ".join(short for _, _, short in blockers)
+        kinds = [(text.split(":")[0], kind) for kind, text, _ in blockers]
+        if kinds != self.told_wait:
+            self.progress.log("waiting for a GPU: %s" % "; ".join(t for _, t, _ in blockers))
+        self.told_wait = kinds
 
     def _record_ended(self, on_error=None):
         """Record the runs the backend reported ended. ``on_error="skip"``: an OSError while
@@ -2869,11 +3023,12 @@ class Search(object):
         run.state, run.started = RUNNING, time.time()
         run.exit_code, run.reason, run.killed = None, "", False
         self.progress.run_started()
-        gpu = token.get("CUDA_VISIBLE_DEVICES")
-        self.progress.log("started %s (run %d/%d%s%s)" % (
-            run.name, run.index + 1, len(self.runs), ", GPU %s" % token["_gpu"] if gpu else "",
-            ", attempt %d" % run.attempt if run.attempt > 1 else ""))
-        self.backend.start(run, token)
+        self.progress.waiting_for = ""
+        if self.backend.start(run, token):
+            self.progress.log("%s %s (run %d/%d%s%s)" % (
+                self.backend.started_word, run.name, run.index + 1, len(self.runs),
+                ", GPU %s" % token["_gpu"] if "_gpu" in token else "",
+                ", attempt %d" % run.attempt if run.attempt > 1 else ""))
 
     def _finish(self, run):
         run.ended = time.time()
@@ -2885,12 +3040,12 @@ class Search(object):
         else:
             run.state = FAILED
         self.folder.keep_run_files(run)
+        log = self._explain_end(run)
         self.folder.log_state(run)
         if (run.state != FINISHED and run.attempt <= self.max_retries and not self.signals
                 and not self.stopping):
-            self.progress.log("%s %s (exit %s%s); trying again (%d of %d retries)" % (
-                run.state, run.name, run.exit_code, ", " + run.reason if run.reason else "",
-                run.attempt, self.max_retries))
+            self.progress.log("%s; trying again (%d of %d retries)" % (
+                self._end_line(run, log), run.attempt, self.max_retries))
             self.folder.set_aside(run)
             run.attempt += 1
             run.state = PENDING
@@ -2899,15 +3054,194 @@ class Search(object):
             return
         self.results.append(run)
         self.progress.run_ended(run.state)
-        self.progress.log("%s %s (exit %s%s)%s" % (
-            run.state, run.name, run.exit_code, ", " + run.reason if run.reason else "",
-            self._headline(run)))
+        self.progress.log(self._end_line(run, log))
 
-    def _headline(self, run):
+    def _explain_end(self, run):
+        """Give a run that did not finish its reason (unless the backend gave one): the last
+        line of its stderr (or stdout) for a failure, what the summary lacked for an
+        unfinished run. Returns the log to look at (None for a finished run)."""
+        if run.state == FINISHED:
+            return None
+        err = self.folder.log_of(run, ".err")
+        if run.state == UNFINISHED:
+            run.reason = run.reason or why_unfinished(self.config, run)
+        elif run.state == FAILED and not run.reason:
+            run.reason = (last_line_of(err) or last_line_of(self.folder.log_of(run, ".out"))
+                          or "no message on stderr or stdout")
+        return err if os.path.exists(err) else None
+
+    def _end_line(self, run, log):
+        """``<state> <run> (exit N): <reason> [log: <path>]`` or, for a finished run, its
+        performance."""
+        line = "%s %s (%s)" % (run.state, run.name, exit_text(run.exit_code))
         key = self.config.performance_key
-        if run.summary and key in run.summary:
-            return " %s=%s" % (key, format_cell(run.summary[key]))
-        return ""
+        if run.state == FINISHED:
+            if run.summary and key in run.summary:
+                line += " %s=%s" % (key, format_cell(run.summary[key]))
+            return line
+        return line + ": %s%s" % (run.reason, " [log: %s]" % log if log else "")
+
+    def best_run(self):
+        """The best finished run so far (by the performance key), or None."""
+        finished = [r for r in self.runs if r.state == FINISHED and r.summary
+                    and sort_number(format_cell(r.summary.get(self.config.performance_key)))
+                    is not None]
+        if not finished:
+            return None
+        return min(finished, key=lambda r: rank_key(
+            r.state, r.summary[self.config.performance_key], self.config.performance_sort_asc))
+
+
+# ----------------------------------------------------------------------------------------------
+# Status of a search (--status): from its files alone
+# ----------------------------------------------------------------------------------------------
+
+
+class SearchStatus(object):
+    """How a search stands, read from its record, journal, results table and lock file only:
+    nothing is locked or written, so it can be asked from any shell (another login node of
+    the same file system too), while the search runs or after it ended."""
+
+    SHOWN = 10   # runs listed per section at the most
+
+    def __init__(self, folder):
+        self.folder = folder
+        record = folder.read_record(context="--status")
+        self.runs = runs_from_record(record, folder)
+        self.key = record.get("performance_key") or ""
+        self.ascending = bool(record.get("performance_sort_asc"))
+        self.journal = folder.read_journal()
+        self.rows = self._results(record.get("out_arg") or "out_dir")
+        self.now = time.time()
+
+    def _results(self, out_arg):
+        """``{run name: row}`` of search_results.csv (the runs the launcher recorded)."""
+        try:
+            with open(self.folder.results, newline="", encoding="utf-8",
+                      errors="replace") as f:
+                rows = list(csv.DictReader(f, delimiter=";"))
+        except (OSError, csv.Error):
+            return {}
+        return {os.path.basename((r.get(out_arg) or "").rstrip(os.sep)): r for r in rows}
+
+    def state_of(self, run):
+        """``(state, last journal entry)``; a run that ended but waits for a retry (no row in
+        the results table yet) and one never started are ``waiting``."""
+        entries = self.journal.get(run.name)
+        last = entries[-1] if entries else None
+        if last is None:
+            return "waiting", None
+        state = RUNNING if last["state"] == SUBMITTING else last["state"]
+        if state in ENDED_STATES and run.name not in self.rows:
+            return "waiting", last
+        return state, last
+
+    def launcher(self):
+        """One line on the launcher that holds the folder, from the lock file it keeps."""
+        try:
+            with open(self.folder.file(LOCK_FILE)) as f:
+                words = f.read().split()
+            pid, host = int(words[0]), words[1] if len(words) > 1 else ""
+        except (OSError, ValueError, IndexError):
+            return "no launcher (the search ended or was stopped)"
+        if host and host != socket.gethostname():
+            return "launcher pid %d on %s" % (pid, host)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "no launcher: pid %d has gone (continue with --resume)" % pid
+        except OSError:
+            pass
+        return "launcher running (pid %d)" % pid
+
+    def text(self):
+        states = collections.OrderedDict((r.name, self.state_of(r)) for r in self.runs)
+        counts = collections.Counter(state for state, _ in states.values())
+        order = [FINISHED, RUNNING, "waiting", UNFINISHED, FAILED, KILLED]
+        lines = ["search %s: %s; %s" % (self.folder.path, plural(len(self.runs), "run"),
+                                        self.launcher()),
+                 "  " + ", ".join("%s %d" % (s, counts[s]) for s in order)]
+        going = [(name, last) for name, (state, last) in states.items() if state == RUNNING]
+        if going:
+            lines.append("  running:")
+            lines += ["    %s  %s  %s" % (name, _duration(self.now - last["time"]),
+                                          self._where(last)) for name, last in going[:self.SHOWN]]
+            lines += self._more(going)
+        lines += self._best()
+        missed = [(name, last) for name, (state, last) in states.items()
+                  if state in (UNFINISHED, FAILED, KILLED)]
+        if missed:
+            lines.append("  did not finish:")
+            lines += ["    %s %s (%s): %s" % (name, last["state"], exit_text(last.get("exit_code")),
+                                              last.get("reason") or "no reason recorded")
+                      for name, last in missed[:self.SHOWN]]
+            lines += self._more(missed)
+        lines.append("  " + self._time_left(counts, going))
+        return "\n".join(lines)
+
+    def _more(self, items):
+        return ["    ... and %d more" % (len(items) - self.SHOWN)] if len(items) > self.SHOWN \
+            else []
+
+    @staticmethod
+    def _where(entry):
+        if "gpu" in entry:
+            return "GPU %s" % entry["gpu"]
+        if entry.get("job_id") is None:
+            return "being submitted"
+        return ("job %s" if entry.get("job_name") else "pid %s") % entry["job_id"]
+
+    def _best(self):
+        finished = [(name, row) for name, row in self.rows.items()
+                    if row.get(STATE_COLUMN) == FINISHED
+                    and sort_number(row.get(self.key)) is not None]
+        if not finished:
+            return []
+        name, row = min(finished, key=lambda nr: rank_key(FINISHED, nr[1][self.key],
+                                                          self.ascending))
+        return ["  best so far: %s, %s=%s (%s)" % (name, self.key, row[self.key],
+                                                   os.path.join(self.folder.path, name))]
+
+    def _time_left(self, counts, going):
+        """From the mean duration of the runs that ended and how many run at once."""
+        durations = []
+        for entries in self.journal.values():
+            starts = [e["time"] for e in entries if e["state"] == RUNNING]
+            ends = [e["time"] for e in entries if e["state"] in ENDED_STATES]
+            if starts and ends and _is_number(starts[-1]) and _is_number(ends[-1]):
+                durations.append(max(0.0, ends[-1] - starts[-1]))
+        left = counts["waiting"]
+        if not left and not going:
+            return "time left: none, nothing waits or runs"
+        if not durations:
+            return "time left: unknown until a run has ended"
+        mean = sum(durations) / len(durations)
+        at_once = max(1, len(going))
+        busy = sum(max(0.0, mean - (self.now - last["time"])) for _, last in going)
+        return "time left: about %s (runs take %s on average, %d at a time)" % (
+            _duration((left * mean + busy) / at_once), _duration(mean), at_once)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def show_status(args):
+    """--status [--watch]: print how the search stands (again every --watch seconds)."""
+    folder = SearchFolder(os.path.abspath(args.status))
+    while True:
+        text = SearchStatus(folder).text()
+        if args.watch is None:
+            say(text)
+            return EXIT_OK
+        if CONSOLE.is_terminal(sys.stdout):
+            CONSOLE.write(sys.stdout, "\033[H\033[2J")
+        say("%s  (every %gs; Ctrl-C ends this)\n%s" % (
+            time.strftime("%H:%M:%S"), args.watch, text))
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2920,28 +3254,44 @@ class ArgumentParser(argparse.ArgumentParser):
     exit status 2."""
 
     def __init__(self, hint, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --local_job=2 is a typo, not --local_jobs
         argparse.ArgumentParser.__init__(self, **kwargs)
         self.hint = hint
 
     def error(self, message):
-        CONSOLE.say("%s: error: %s (usage: %s; see %s --help)" % (
-            os.path.splitext(self.prog)[0], one_line(message), self.hint, self.prog),
-            sys.stderr)
+        CONSOLE.say("%s: error: %s%s (usage: %s; see %s --help)" % (
+            os.path.splitext(self.prog)[0], one_line(message), self._near_misses(message),
+            self.hint, self.prog), sys.stderr)
         sys.exit(EXIT_USAGE)
+
+    def _near_misses(self, message):
+        """``; did you mean --local_jobs?`` for flags argparse did not know."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        guesses = []
+        for word in message.split(":", 1)[1].split():
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                guesses += difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        return "; did you mean %s?" % " ".join(guesses) if guesses else ""
 
 
 def build_parser():
     p = ArgumentParser(
         hint="hpsearch.py --grid_module=CONFIG [options]",
         prog="hpsearch.py",
+        usage="%(prog)s --grid_module=CONFIG [options]\n"
+              "       %(prog)s --resume SEARCH_DIR [options]\n"
+              "       %(prog)s --status SEARCH_DIR [--watch [SECONDS]]",
         description="hpsearch - run a hyperparameter search over a training script, one run "
                     "after another, packed onto local GPUs, or as cluster jobs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s = p.add_argument_group("search")
     s.add_argument("--grid_module", type=str, default=None,
-                   help="The config: a dotted module name (importable from the working "
-                        "directory or --run_cwd) or a path to a .py file. See "
-                        "hpsearch_config_template.py.")
+                   help="REQUIRED (except with --resume or --status). The config: a dotted "
+                        "module name (importable from the working directory or --run_cwd) or "
+                        "a path to a .py file. See hpsearch_config_template.py.")
     s.add_argument("--grid_config", type=str, default="",
                    help="A file (pickle as in hypnettorch, or JSON) holding a dict with 'grid' "
                         "and/or 'conditions' that replace those of the config module.")
@@ -2967,7 +3317,9 @@ def build_parser():
     s.add_argument("--python", type=str, default=sys.executable,
                    help="The interpreter that runs the training script.")
     s.add_argument("--dry_run", action="store_true",
-                   help="Print the commands and their count; run and write nothing.")
+                   help="Print the commands, how many there are and how the grid became them "
+                        "(duplicates removed, conditions skipped); run and write nothing. "
+                        "With --resume: the commands that would run again.")
     s.add_argument("--resume", type=str, default="", metavar="SEARCH_DIR",
                    help="Continue the search in SEARCH_DIR: finished runs are kept, the others "
                         "run again (their partial folders renamed, never deleted). The config "
@@ -3027,6 +3379,15 @@ def build_parser():
     sl.add_argument("--slurm_qos", type=str, default="", help="sbatch --qos ('' leaves it out).")
     sl.add_argument("--slurm_constraint", type=str, default="",
                     help="sbatch --constraint ('' leaves it out).")
+    st = p.add_argument_group("status of a search")
+    st.add_argument("--status", type=str, default="", metavar="SEARCH_DIR",
+                    help="Print how the search in SEARCH_DIR stands and exit: runs by state, "
+                         "each running run with its time and GPU or job, the best run so far, "
+                         "why runs did not finish, the time left. Reads files only: works "
+                         "from any shell, while the search runs or after.")
+    st.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
+                    metavar="SECONDS", help="With --status: print it again every SECONDS "
+                                            "(2 if not given) until Ctrl-C.")
     lsf = p.add_argument_group("LSF")
     lsf.add_argument("--resources", type=str, default='"rusage[mem=8000, ngpus_excl_p=1]"',
                      help="bsub -R resource requirement (an enclosing pair of double quotes "
@@ -3035,7 +3396,7 @@ def build_parser():
 
 
 # Flags naming files or handed to other programs: hpsearch writes them into UTF-8 files.
-TEXT_FLAGS = ("grid_module", "grid_config", "out_dir", "run_cwd", "python", "resume",
+TEXT_FLAGS = ("grid_module", "grid_config", "out_dir", "run_cwd", "python", "resume", "status",
               "scheduler_args", "resources", "slurm_mem", "slurm_gres", "slurm_partition",
               "slurm_qos", "slurm_constraint")
 
@@ -3055,7 +3416,12 @@ def check_flags(args):
     if args.num_jobs < 1 or args.num_hours < 1 or args.poll_interval <= 0:
         raise UsageError("--num_jobs and --num_hours must be at least 1, --poll_interval "
                          "positive")
-    if not args.grid_module and not args.resume:
+    if args.watch is not None and (not args.status or args.watch <= 0):
+        raise UsageError("--watch needs --status SEARCH_DIR and a positive number of seconds")
+    if args.status and not os.path.isdir(args.status):
+        raise UsageError("--status %s: no such folder (give the search_<time> folder of a "
+                         "search)" % args.status)
+    if not args.grid_module and not args.resume and not args.status:
         raise UsageError("--grid_module is required: the config module or .py file of your "
                          "search (start from hpsearch_config_template.py)")
     if args.num_searches == 0 or args.num_searches < -1:
@@ -3131,7 +3497,8 @@ def make_runs(space, configs, config, args, folder_path, stamp):
 
 
 # Exit statuses.
-EXIT_OK, EXIT_USAGE, EXIT_LAUNCHER_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_RUNS_MISSED, EXIT_USAGE, EXIT_LAUNCHER_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+POSTPROCESSING_SCRIPT = "hpsearch_postprocessing.py"   # expected beside hpsearch.py
 
 
 def main(argv=None):
@@ -3156,6 +3523,8 @@ def _main(argv):
     args = build_parser().parse_args(argv)
     args.given_argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(args)
+    if args.status:
+        return show_status(args)
     prepared = resume_search(args) if args.resume else new_search(args)
     return EXIT_OK if prepared is None else run_search(args, *prepared)
 
@@ -3165,15 +3534,18 @@ def new_search(args):
     run_cwd = os.path.abspath(args.run_cwd)
     module, source = import_config_module(args.grid_module, [os.getcwd(), run_cwd])
     override = load_grid_override(args.grid_config) if args.grid_config else {}
-    config = build_config(module, source, override, run_cwd)
+    config = build_config(module, source, override, run_cwd, check_script=not args.dry_run)
     space = GridSpace(config.grid, config.conditions)
     configs = plan_configs(space, args.num_searches, args.dont_generate_full_grid,
                            args.deterministic_search, args.random_seed)
+    plan = describe_plan(space, configs, args.dont_generate_full_grid)
     if args.dry_run:
+        if missing_script(config, run_cwd):  # commands can be looked at all the same
+            warn(missing_script(config, run_cwd))
         prefix = command_prefix(args.python, config.script_name)
         for c in configs:
             say(" ".join(shlex.quote(a) for a in prefix + space.arguments(c)))
-        say("%d commands" % len(configs))
+        say(plan)
         return None
     if not args.run_cluster:
         check_interpreter(args.python, run_cwd, "--python:")
@@ -3190,6 +3562,7 @@ def new_search(args):
     folder.write_plan(runs, config, args, space.keys, prefix)
     results = ResultsTable(folder.results, space.keys, config.summary_keywords, config.out_arg)
     results.create()
+    say("hpsearch: planned %s" % plan)
     return config, folder, runs, results, slots, run_cwd
 
 
@@ -3222,7 +3595,7 @@ def resume_search(args):
                  and not earlier_outcome(config, folder, r, journal.get(r.name) or [])[0]]
         for run in again:
             say(run.shell_command())
-        say("%d commands" % len(again))
+        say("%s to run again (of %d planned)" % (plural(len(again), "command"), len(runs)))
         return None
     if not args.run_cluster and runs:
         check_interpreter(runs[0].argv[0], run_cwd, "--resume %s: the search's interpreter"
@@ -3434,7 +3807,31 @@ def _run_search(args, config, folder, runs, results, backend):
         counts[FAILED], counts[KILLED], folder.results))
     if not completed:
         say("hpsearch: to continue this search: %s" % continue_command(args, folder))
-    return EXIT_OK if completed else EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
+    return tell_the_end(config, folder, search)
+
+
+def tell_the_end(config, folder, search):
+    """The last lines of a search that ran to its end: its best run, what to run next, and,
+    last, how many runs did not finish and where to look. The exit status."""
+    best = search.best_run()
+    if best is not None:
+        say("hpsearch: best run: %s, %s=%s (%s)" % (best.name, config.performance_key,
+                                                    format_cell(best.summary[
+                                                        config.performance_key]), best.out_dir))
+    post = os.path.join(os.path.dirname(os.path.abspath(__file__)), POSTPROCESSING_SCRIPT)
+    if os.path.isfile(post):
+        say("hpsearch: tables, seed averages and a report: %s" % " ".join(
+            shlex.quote(a) for a in (sys.executable or "python3", post, folder.path)))
+    missed = [r for r in search.runs if r.state != FINISHED]
+    if not missed:
+        return EXIT_OK
+    say("hpsearch: %d of %d runs did not finish; each one's reason is above, in %s and in the "
+        "%s column of %s; their logs are job_<run>.out/.err in their run folders (in %s when "
+        "the script made none), e.g. %s" % (
+            len(missed), len(search.runs), LOG_FILE, REASON_COLUMN, RESULTS_FILE,
+            folder.jobs, search.folder.log_of(missed[0], ".err")))
+    return EXIT_RUNS_MISSED
 
 
 # Flags that say where and how runs go rather than what runs: a resume needs them again.

@@ -139,21 +139,33 @@ _SUMMARY_PARSER_HANDLE = None
 # _PERFORMANCE_EVAL_HANDLE (optional; default None)
 # ----------------------------------------------------------------------------------------------
 # A function (summary_dict, performance_criteria) -> bool: True if a run is good enough to keep.
-# hpsearch_postprocessing.py --performance_criteria=X calls it for every run and moves the folders
-# of runs where it returns False into <search folder>/TO_BE_DELETED/ (nothing is deleted).
-# summary_dict holds numbers from the built-in parser, or [value] lists (often strings such as
-# ['0.5']) from hypnettorch-era parsers, so the example accepts both.
+# hpsearch_postprocessing.py --performance_criteria=X calls it for every run that ended and has
+# a summary, and moves the folders of runs where it returns False into
+# <search folder>/TO_BE_DELETED/ (nothing is deleted). summary_dict holds numbers from the
+# built-in parser, or [value] lists (often strings such as ['0.5']) from hypnettorch-era
+# parsers, so the example accepts both.
+#
+# A run the handle cannot judge stays where it is and is listed as not judged: the handle
+# read a key its summary lacks (summary_dict[key], .get(key), key in summary_dict, ...), or
+# raised. So read the value with summary_dict[key] and let a missing one fail; do not answer
+# False for it (that would move a run nobody judged). If no run can be judged at all (e.g. the
+# handle reads a keyword the script never writes), nothing moves and postprocessing stops
+# with exit status 2, naming the handle and the key.
+#
+# The example reads _PERFORMANCE_KEY (below) and keeps runs whose value is at least X, or at
+# most X when _PERFORMANCE_SORT_ASC is True (lower is better, e.g. a loss).
 
 
 def _performance_eval(summary_dict, performance_criteria):
-    """Keep runs whose final accuracy is at least ``performance_criteria``."""
-    value = summary_dict.get('acc_final')
+    """Keep runs whose _PERFORMANCE_KEY value is at least ``performance_criteria`` (at most,
+    when _PERFORMANCE_SORT_ASC is True)."""
+    key = _PERFORMANCE_KEY or _SUMMARY_KEYWORDS[0]
+    value = summary_dict[key]  # a missing value raises KeyError: the run is not judged
     if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    try:
-        return float(value) >= float(performance_criteria)
-    except (TypeError, ValueError):  # missing or not a number: not good enough
-        return False
+        value = value[0]
+    if _PERFORMANCE_SORT_ASC:
+        return float(value) <= float(performance_criteria)
+    return float(value) >= float(performance_criteria)
 
 
 _PERFORMANCE_EVAL_HANDLE = _performance_eval
@@ -161,8 +173,11 @@ _PERFORMANCE_EVAL_HANDLE = _performance_eval
 # ----------------------------------------------------------------------------------------------
 # _PERFORMANCE_KEY (optional; default None = the first of _SUMMARY_KEYWORDS)
 # ----------------------------------------------------------------------------------------------
-# The keyword search_results.csv is sorted by when the search ends (rows without a number in
-# that column go last). Must be one of _SUMMARY_KEYWORDS.
+# The keyword that says how good a run is. When the search ends, search_results.csv is sorted
+# finished runs first, best first by this keyword, then the unfinished, failed and killed runs
+# (within each state, rows without a number in that column go last); hpsearch_postprocessing.py
+# ranks runs the same way, and the example _PERFORMANCE_EVAL_HANDLE above reads it. Must be one
+# of _SUMMARY_KEYWORDS.
 _PERFORMANCE_KEY = 'acc_final'
 
 # ----------------------------------------------------------------------------------------------

@@ -6,16 +6,24 @@
 Reads a search folder (``search_record.json`` and ``run_journal.jsonl`` of hpsearch, or the
 ``commands.pickle`` of a hypnettorch search) and every run's summary file, then
 
-* writes ``postprocessing_results.csv`` (the columns of ``search_results.csv``, best run first)
-  and ``postprocessing_seeds.csv`` (runs that differ only in their seed, averaged);
-* prints how many runs finished, stopped early, failed, are running or never started, the
-  commands to re-run the failed and never-started ones, and the best runs as a table;
-* with ``--performance_criteria X`` moves the folders of runs the config's
-  ``_PERFORMANCE_EVAL_HANDLE`` rejects into ``SEARCH_DIR/TO_BE_DELETED/`` (nothing is deleted);
+* writes ``postprocessing_results.csv`` (the columns of ``search_results.csv``, the reason a
+  run did not finish included; best first: finished runs by the performance key, then
+  unfinished, failed and killed runs, as hpsearch.rank_key ranks them, then running, missing
+  and never started runs) and ``postprocessing_seeds.csv`` (runs that differ only in their
+  seed, averaged);
+* prints how many runs finished, stopped early, failed, are running or never started, each run
+  that did not finish with its reason, how to run those again (``hpsearch.py --resume``, and
+  per run its command into a fresh output folder), and the best runs as a table;
+* with ``--performance_criteria X`` judges every run with the config's
+  ``_PERFORMANCE_EVAL_HANDLE``, then moves the folders of runs it rejects into
+  ``SEARCH_DIR/TO_BE_DELETED/`` (nothing is deleted); a run it could not judge (its summary
+  lacks a key the handle read, or the handle raised) stays; if it could judge none, nothing
+  moves (exit status 2);
 * with ``--html`` writes ``SEARCH_DIR/report.html``: one self-contained page with plots.
 
-Earlier output files are renamed with a time stamp, never overwritten. Standard library only
-(CPython 3.6 to 3.13); ``hpsearch.py`` must sit in the same folder.
+An output file whose content changes is written anew, the earlier one renamed with a time
+stamp (never overwritten); one whose content would be the same is left as it is. Standard
+library only (CPython 3.6 to 3.13); ``hpsearch.py`` must sit in the same folder.
 """
 
 import argparse
@@ -37,10 +45,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hpsearch  # noqa: E402  (the folder above must come first on sys.path)
 from hpsearch import (  # noqa: E402
-    CONFIG_DEFAULTS, FAILED, FINISHED, KILLED, RUNNING, UNFINISHED, ResultsTable, Run,
-    SearchConfig, SearchFolder, UsageError, atomic_write_text, build_argv, build_config,
+    CONFIG_DEFAULTS, ENDED_STATES, FAILED, FINISHED, KILLED, RUNNING, UNFINISHED, ResultsTable,
+    Run, SearchConfig, SearchFolder, UsageError, atomic_write_text, build_argv, build_config,
     collect_summary, command_prefix, format_cell, import_config_module, is_finished,
-    process_start_time, render_token, sort_number)
+    last_line_of, one_line, process_start_time, rank_key, render_token, sort_number,
+    why_unfinished)
 
 PROG = "hpsearch_postprocessing"
 
@@ -147,15 +156,18 @@ def build_parser():
 class RunStatus(Run):
     """A planned run and what postprocessing found of it.
 
-    ``out_dir`` is where its folder is now (or was planned); ``notes`` say what is odd.
+    ``out_dir`` is where its folder is now (or was planned); ``reason`` why it did not finish
+    (as search_results.csv's hpsearch_reason); ``notes`` what else is odd about it;
+    ``out_token`` the argument of ``argv`` that names its output folder.
     """
 
-    __slots__ = ("notes", "in_trash")
+    __slots__ = ("notes", "in_trash", "out_token")
 
     def __init__(self, index, name, args, argv, out_dir):
         Run.__init__(self, index, name, args, argv, out_dir)
         self.notes = []
         self.in_trash = False
+        self.out_token = None
 
 
 class SearchView(object):
@@ -251,6 +263,9 @@ def search_from_record(folder, args):
     run_cwd = os.path.abspath(args.run_cwd or record.get("run_cwd") or ".")
     config = record_config(folder, record, args, run_cwd)
     runs = hpsearch.runs_from_record(record, folder, run_class=RunStatus)
+    out_arg = record.get("out_arg") or "out_dir"
+    for run in runs:  # runs_from_record put the planned folder into argv as it is
+        run.out_token = "--%s=%s" % (out_arg, run.out_dir)
     arg_keys = record.get("arg_keys") or keys_in_order(r.args for r in runs)
     journal = read_journal(folder)
     local = not record.get("scheduler")  # job ids are process ids: their end can be seen
@@ -312,10 +327,12 @@ def search_from_pickle(path, args):
         tokens = [t for t in (render_token(k, v) for k, v in cmd.items()) if t is not None]
         argv = build_argv(prefix, config.out_arg, out, tokens)
         out_dir = os.path.normpath(os.path.join(run_cwd, out))
-        runs.append(RunStatus(i, os.path.basename(out_dir), cmd, argv, out_dir))
+        run = RunStatus(i, os.path.basename(out_dir), cmd, argv, out_dir)
+        run.out_token = "--%s=%s" % (config.out_arg, out)
+        runs.append(run)
     arg_keys = keys_in_order(r.args for r in runs)
     for run in runs:
-        survey_run(run, config, path, [])
+        survey_run(run, config, path, [], journaled=False)
     return SearchView(path, "hypnettorch", config, arg_keys, runs, run_cwd)
 
 
@@ -353,11 +370,12 @@ def process_gone(entry):
     return process_start_time(pid) != start
 
 
-def survey_run(run, config, search_path, entries, local=False, owner=None):
-    """Set the run's state, exit code, summary and notes from its journal entries (hpsearch)
-    and its folder; never raises for anything a run left behind. ``local``: the search ran
-    here, so a running run whose process is gone can be told. ``owner``: tells a copied
-    folder's runs from those its original was running when it was copied."""
+def survey_run(run, config, search_path, entries, local=False, owner=None, journaled=True):
+    """Set the run's state, exit code, summary, reason and notes from its journal entries
+    (hpsearch) and its folder; never raises for anything a run left behind. ``local``: the
+    search ran here, so a running run whose process is gone can be told. ``owner``: tells a
+    copied folder's runs from those its original was running when it was copied.
+    ``journaled``: false for hypnettorch folders, which have no journal."""
     last = entries[-1] if entries else {}
     logged = last.get("state")
     if logged == hpsearch.SUBMITTING:
@@ -365,12 +383,12 @@ def survey_run(run, config, search_path, entries, local=False, owner=None):
     if logged == RUNNING and owner is not None and not owner.owns(last):
         run.notes.append("was running in the folder this one was copied from")
         logged = None
-    if logged in (FINISHED, UNFINISHED, FAILED, KILLED):
+    if logged in ENDED_STATES:
         run.exit_code = last.get("exit_code")
+    recorded = one_line(format_cell(last.get("reason"))) if logged in ENDED_STATES else ""
     run.attempt = last.get("attempt") or 1
-    if last.get("reason"):
-        run.notes.append(str(last["reason"]))
-    folder, run.in_trash = hpsearch.SearchFolder(search_path).find_run_dir(run)
+    search = hpsearch.SearchFolder(search_path)
+    folder, run.in_trash = search.find_run_dir(run)
     if folder is not None:
         run.out_dir = folder
         run.summary, problem = read_summary(config, run)
@@ -386,14 +404,38 @@ def survey_run(run, config, search_path, entries, local=False, owner=None):
         run.state = logged
     elif folder is None:
         run.state = MISSING if logged in (FINISHED, UNFINISHED) else NOT_STARTED
-        if run.state == MISSING:
-            run.notes.append("run folder deleted")
     else:
         run.state = FINISHED if is_finished(run.summary) else UNFINISHED
-        if run.state == UNFINISHED and not problem:
-            problem = "no 'finished 1' in summary"
     if problem and run.state not in (FINISHED, RUNNING):  # a running run is not done yet
         run.notes.append(problem)
+    run.reason = reason_of(run, config, search, logged, recorded, journaled)
+
+
+def reason_of(run, config, search, logged, recorded, journaled):
+    """Why the run did not finish, for the hpsearch_reason column: what the launcher recorded
+    in the journal's ended entry (the last line of stderr for a failure, what the summary
+    lacked for an unfinished run), else what its files tell, in the same words."""
+    state = run.state
+    if state == FINISHED:
+        return ""
+    if state == RUNNING:
+        return "; ".join(run.notes)
+    if recorded and state in (UNFINISHED, FAILED, KILLED) and logged == state:
+        return recorded
+    if state == UNFINISHED:
+        return why_unfinished(config, run)
+    code = run.exit_code
+    if state == KILLED and isinstance(code, int) and code > 128:
+        return "killed by signal %d" % (code - 128)
+    if state in (FAILED, KILLED):
+        return (last_line_of(search.log_of(run, ".err"))
+                or last_line_of(search.log_of(run, ".out")) or "no message on stderr or stdout")
+    if state == MISSING:
+        return "run folder deleted (it had ended %s%s)" % (
+            logged, ": " + recorded if recorded else "")
+    if not journaled:  # hypnettorch: no journal, only the folder tells
+        return "no run folder %s (never started, or ended before making it)" % run.out_dir
+    return "never started"
 
 
 def count_states(runs):
@@ -418,13 +460,122 @@ def hypnettorch_summary(summary):
     return {k: [format_cell(v)] for k, v in summary.items()}
 
 
-def passes(handle, summary, criteria):
-    """The handle's verdict; handles written for hypnettorch index ``d[key][0]``, so they get
-    a second try with values in that form. Raises what the second try raises."""
-    try:
-        return bool(handle(dict(summary), criteria))
-    except Exception:
-        return bool(handle(hypnettorch_summary(summary), criteria))
+class WatchedSummary(dict):
+    """A summary that notes every key a handle asks for and it lacks (``d[key]``,
+    ``d.get(key)``, ``key in d``, ...): a verdict on a value that is not there is no verdict."""
+
+    def __init__(self, values):
+        dict.__init__(self, values)
+        self.lacked = []
+
+    def _ask(self, key):
+        try:
+            found = dict.__contains__(self, key)
+        except TypeError:  # an unhashable key
+            found = False
+        if not found:
+            self.lacked.append(key)
+        return found
+
+    def __getitem__(self, key):
+        self._ask(key)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key):
+        return self._ask(key)
+
+    def get(self, key, default=None):
+        return dict.get(self, key, default) if self._ask(key) else default
+
+    def setdefault(self, key, default=None):
+        self._ask(key)
+        return dict.setdefault(self, key, default)
+
+    def pop(self, key, *default):
+        self._ask(key)
+        return dict.pop(self, key, *default)
+
+    def has_key(self, key):  # a Python 2 habit some old handles keep
+        return self._ask(key)
+
+
+def handle_name(config):
+    """The handle as a message names it: ``_PERFORMANCE_EVAL_HANDLE (name in config)``."""
+    name = getattr(config.performance_eval, "__name__", None) or repr(config.performance_eval)
+    return "_PERFORMANCE_EVAL_HANDLE (%s in %s)" % (name, config.source)
+
+
+class Unjudged(object):
+    """A run the handle gave no verdict on, and why (``lacked``: the key it asked for and the
+    summary lacks, if that was it)."""
+
+    def __init__(self, run, why, lacked=None):
+        self.run, self.why, self.lacked = run, why, lacked
+
+
+def judge(handle, run, criteria):
+    """True (keep) or False (move): the handle's verdict on the run's summary; an Unjudged
+    when it gave none: it asked for a key the summary lacks (whatever it then returned), or it
+    raised. Handles written for hypnettorch index ``d[key][0]`` on text, so a handle that
+    raises gets a second try with the values in that form."""
+    first = None
+    for values in (run.summary, hypnettorch_summary(run.summary)):
+        watched = WatchedSummary(values)
+        try:
+            keep = bool(handle(watched, criteria))
+        except Exception as exc:
+            keep, error = None, "%s: %s" % (type(exc).__name__, one_line(str(exc)))
+        if watched.lacked:
+            key = watched.lacked[0]
+            return Unjudged(run, "its summary has no %s" % format_key(key), key)
+        if keep is not None:
+            return keep
+        first = first or "the handle raised %s" % error
+    return Unjudged(run, first)
+
+
+def format_key(key):
+    return repr(key) if isinstance(key, str) else one_line(repr(key))
+
+
+def judge_runs(view, criteria):
+    """Judge every run the criteria apply to, moving nothing: ``(verdicts, unjudged)``, lists
+    of ``(run, keep)`` and of Unjudged; UsageError when it could judge none. Running runs,
+    runs never started or whose folder is gone and runs already in TO_BE_DELETED are not
+    looked at; a run without a readable summary is not judged."""
+    handle = view.config.performance_eval
+    verdicts, unjudged = [], []
+    for run in view.runs:
+        if run.state in (RUNNING, MISSING, NOT_STARTED) or run.in_trash:
+            continue
+        if not run.summary:
+            unjudged.append(Unjudged(run, "no readable summary"))
+            continue
+        verdict = judge(handle, run, criteria)
+        if isinstance(verdict, Unjudged):
+            unjudged.append(verdict)
+        else:
+            verdicts.append((run, verdict))
+    if unjudged and not verdicts:
+        raise UsageError(no_verdict_message(view.config, unjudged))
+    return verdicts, unjudged
+
+
+def no_verdict_message(config, unjudged):
+    """One line: why the handle judged no run (the key most summaries lacked, else the first
+    reason), and that nothing moved."""
+    lacked = collections.Counter(u.lacked for u in unjudged if u.lacked is not None)
+    if lacked:
+        key, n = lacked.most_common(1)[0]
+        example = next(u.run.summary for u in unjudged if u.lacked == key)
+        summaries = sum(1 for u in unjudged if u.run.summary)
+        why = "it reads %s, which %s (a summary has: %s)" % (
+            format_key(key), "no summary has" if n == summaries else "%d summaries lack" % n,
+            ", ".join(sorted(map(str, example))) or "nothing")
+    else:
+        why = "%s: %s" % (unjudged[0].run.name, unjudged[0].why)
+    return ("--performance_criteria: %s could judge none of the %d run(s) it was given: %s; "
+            "nothing was moved" % (handle_name(config), len(unjudged), why))
 
 
 def free_path(path):
@@ -437,23 +588,12 @@ def free_path(path):
 
 
 def apply_criteria(view, criteria):
-    """Move the folders of ended runs the handle rejects; returns (moved, unjudged, errors).
-    Running runs, runs already in TO_BE_DELETED and runs without a readable summary (listed
-    as unjudged) are left alone."""
-    handle = view.config.performance_eval
+    """Judge every run first (see judge_runs), then move the folders of those the handle
+    rejects into TO_BE_DELETED. Returns ``(moved, unjudged)``; unjudged runs stay."""
+    verdicts, unjudged = judge_runs(view, criteria)
     trash = view.file(TRASH_DIR)
-    moved, unjudged, errors = [], [], []
-    for run in view.runs:
-        if run.state in (RUNNING, MISSING, NOT_STARTED) or run.in_trash:
-            continue
-        if not run.summary:
-            unjudged.append(run)
-            continue
-        try:
-            keep = passes(handle, run.summary, criteria)
-        except Exception as exc:
-            errors.append((run, "%s: %s" % (type(exc).__name__, exc)))
-            continue
+    moved = []
+    for run, keep in verdicts:
         if keep:
             continue
         if not os.path.isdir(trash):
@@ -463,7 +603,7 @@ def apply_criteria(view, criteria):
         run.out_dir, run.in_trash = target, True
         run.notes.append("moved to %s" % TRASH_DIR)
         moved.append(run)
-    return moved, unjudged, errors
+    return moved, unjudged
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,10 +633,23 @@ def sorted_by(items, value_of, ascending):
     return [item for _, item in keyed]
 
 
+# After the states search_results.csv has (hpsearch.STATE_RANK), those only postprocessing
+# tells: running, then run folder missing, then never started.
+EXTRA_RANK = {RUNNING: 1, MISSING: 2, NOT_STARTED: 3}
+
+
+def run_rank(run, key, ascending):
+    """Sort key of a run, best first: hpsearch.rank_key (finished runs by the performance key,
+    then unfinished, failed and killed runs, as search_results.csv is sorted), then running,
+    missing and never started runs."""
+    rank = rank_key(run.state, (run.summary or {}).get(key), ascending)
+    return (rank[0], EXTRA_RANK.get(run.state, 0)) + tuple(rank[1:])
+
+
 def sort_runs(view):
-    key = view.config.performance_key
-    return sorted_by(view.runs, lambda r: (r.summary or {}).get(key),
-                     view.config.performance_sort_asc)
+    """Every run, best first (see run_rank); ties in run order."""
+    key, ascending = view.config.performance_key, view.config.performance_sort_asc
+    return sorted(view.runs, key=lambda r: run_rank(r, key, ascending))
 
 
 def result_cells(columns, out_arg, run, search_path):
@@ -508,19 +661,40 @@ def result_cells(columns, out_arg, run, search_path):
     row[out_arg] = hpsearch.relative_to(search_path, run.out_dir)
     row[hpsearch.STATE_COLUMN] = run.state
     row[hpsearch.EXIT_COLUMN] = run.exit_code
+    row[hpsearch.REASON_COLUMN] = run.reason
     return [row.get(c) for c in columns]
+
+
+def result_columns(view):
+    """search_results.csv's columns: summary keywords, arguments, run folder, state, exit
+    code, reason."""
+    return ResultsTable("", view.arg_keys, view.config.summary_keywords,
+                        view.config.out_arg).columns
 
 
 def write_results(view, runs):
     """postprocessing_results.csv: search_results.csv's columns, one row per run, written in
-    one go (one csv writer for all rows)."""
+    one go (one csv writer for all rows). ``(path, earlier, changed)`` (see write_output)."""
     path = view.file(RESULTS_NAME)
-    earlier = keep_earlier(path)
     out_arg = view.config.out_arg
-    columns = ResultsTable(path, view.arg_keys, view.config.summary_keywords, out_arg).columns
-    atomic_write_text(path, csv_text(columns, (result_cells(columns, out_arg, r, view.path)
-                                               for r in runs)))
-    return path, earlier
+    columns = result_columns(view)
+    text = csv_text(columns, (result_cells(columns, out_arg, r, view.path) for r in runs))
+    return (path,) + write_output(path, text)
+
+
+def write_output(path, text):
+    """Write an output file unless it already holds ``text``: ``(earlier, changed)``. An
+    earlier file with other content is first renamed (keep_earlier; ``earlier`` is its new
+    name); one with the same content is left as it is (``changed`` False)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() == text.encode("utf-8"):
+                return None, False
+    except OSError:
+        pass
+    earlier = keep_earlier(path)
+    atomic_write_text(path, text)
+    return earlier, True
 
 
 def csv_text(header, rows):
@@ -603,9 +777,8 @@ class SeedTable(object):
         return row
 
     def write(self, path):
-        earlier = keep_earlier(path)
-        atomic_write_text(path, csv_text(self.header, self.rows))
-        return earlier
+        """``(earlier, changed)``, see write_output."""
+        return write_output(path, csv_text(self.header, self.rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,13 +831,69 @@ def top_table(view, ranked, k):
     return aligned(header, rows)
 
 
-def rerun_lines(runs):
+def not_finished(runs):
+    """The runs that ended without finishing or never ran (running runs are not done yet)."""
+    return [r for r in runs if r.state not in (FINISHED, RUNNING)]
+
+
+def state_text(run):
+    """``failed (exit 1)``: the state and, for a run that ended, its exit code."""
+    if run.exit_code is None or run.state not in (UNFINISHED, FAILED, KILLED):
+        return run.state
+    return "%s (exit %s)" % (run.state, format_cell(run.exit_code))
+
+
+def fresh_argv(run, run_cwd):
+    """The run's command with a new output folder: ``<folder>_rerun`` (``_rerun2``, ... if
+    taken; training scripts refuse an existing folder). None when the command is unknown."""
+    token = run.out_token
+    if not run.argv or not token or token not in run.argv:
+        return None
+    name, _, planned = token.partition("=")
+    planned = planned.rstrip("/") or planned
+    for n in itertools.count(1):
+        candidate = "%s_rerun%s" % (planned, "" if n == 1 else n)
+        if not os.path.lexists(os.path.join(run_cwd, candidate)):
+            break
+    argv = list(run.argv)
+    argv[argv.index(token)] = "%s=%s" % (name, candidate)
+    return argv
+
+
+def sh_line(argv):
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def resume_argv(view):
+    """The command that continues the search with hpsearch.py --resume: this interpreter and
+    the hpsearch.py beside this script."""
+    return [sys.executable or "python3", os.path.abspath(hpsearch.__file__), "--resume",
+            view.path]
+
+
+def rerun_lines(view, runs):
+    """How to run ``runs`` again, each line to paste into /bin/sh: the --resume command
+    (hpsearch folders), then per run ``cd <run_cwd>`` and its command with a fresh folder."""
     lines = []
+    if view.origin == "hpsearch":
+        going = any(r.state == RUNNING for r in view.runs)
+        lines += ["  all of them, through hpsearch%s (--resume runs every run that did not "
+                  "finish once more; add --max_retries=N to try each one up to N more times, "
+                  "and the flags that say where to run, e.g. --local_jobs=N):"
+                  % (", once the search's launcher has ended" if going else ""),
+                  "    " + sh_line(resume_argv(view)),
+                  "  or one at a time, each into a fresh output folder (a run's two lines work "
+                  "when pasted into a shell):"]
+    else:
+        lines.append("  one at a time, each into a fresh output folder (a run's two lines work "
+                     "when pasted into a shell; a hypnettorch search has no --resume):")
+    cd = "    cd %s" % shlex.quote(view.run_cwd)
     for run in runs:
-        why = [run.state] + (["exit %s" % run.exit_code] if run.exit_code is not None else [])
-        why += run.notes
-        command = " ".join(shlex.quote(a) for a in run.argv) or "(no command recorded)"
-        lines.append("  %s    # %s: %s" % (command, run.name, ", ".join(why)))
+        argv = fresh_argv(run, view.run_cwd)
+        if argv is None:
+            lines.append("    # %s: no command recorded" % run.name)
+            continue
+        lines += [cd, "    %s    # %s: %s" % (sh_line(argv), run.name, state_text(run))]
     return lines
 
 
@@ -675,7 +904,8 @@ def exit_codes(runs):
 
 
 def print_report(view, ranked, k, out=None):
-    """Counts, the runs to look at, commands to re-run and the best runs."""
+    """Counts, the runs that did not finish with their reasons, how to run them again and
+    the best runs."""
     w = (out or sys.stdout).write
     w("%s: %s (%s search, %d runs)\n" % (PROG, view.path, view.origin, len(view.runs)))
     for state, n in count_states(view.runs):
@@ -684,25 +914,29 @@ def print_report(view, ranked, k, out=None):
             if state in (FAILED, KILLED) and n:
                 extra = "   (%s)" % exit_codes([r for r in view.runs if r.state == state])
             w("  %-40s %6d%s\n" % (STATE_LABELS[state], n, extra))
-    odd = [r for r in view.runs if r.state in (UNFINISHED, RUNNING, MISSING) and r.notes]
+    missed = not_finished(view.runs)
+    if missed:
+        w("\nruns that did not finish (%d), each with its reason:\n" % len(missed))
+        for run in missed[:LOOK_AT]:
+            notes = [n for n in run.notes if n not in run.reason]
+            w("  %s: %s: %s%s\n" % (run.name, state_text(run), run.reason or "no reason known",
+                                    " (%s)" % ", ".join(notes) if notes else ""))
+        if len(missed) > LOOK_AT:
+            w("  ... and %d more (the %s column of %s has them all)\n"
+              % (len(missed) - LOOK_AT, hpsearch.REASON_COLUMN, RESULTS_NAME))
+    odd = [r for r in view.runs if r.state == RUNNING and r.notes]
     if odd:
-        w("\nruns to look at:\n")
+        w("\nstill running, to look at:\n")
         for run in odd[:LOOK_AT]:
-            w("  %s: %s (%s)\n" % (run.name, run.state, ", ".join(run.notes)))
+            w("  %s: %s\n" % (run.name, ", ".join(run.notes)))
         if len(odd) > LOOK_AT:
-            w("  ... and %d more (the hpsearch_state column of %s has them all)\n"
-              % (len(odd) - LOOK_AT, RESULTS_NAME))
-    for state, title in ((FAILED, "failed"), (KILLED, "killed"), (MISSING, "run folder missing"),
-                         (NOT_STARTED, "never started")):
-        chosen = [r for r in view.runs if r.state == state]
-        if chosen:
-            w("\n%s (%d): re-run with (in %s)\n" % (title, len(chosen), view.run_cwd))
-            w("".join(line + "\n" for line in rerun_lines(chosen)))
-    if view.origin == "hpsearch" and any(r.state not in (FINISHED, RUNNING) for r in view.runs):
-        w("\nto run every run that did not finish again, continue the search:\n"
-          "  python3 hpsearch.py --resume %s\n" % shlex.quote(view.path))
+            w("  ... and %d more\n" % (len(odd) - LOOK_AT))
+    if missed:
+        w("\nto run again the %d run(s) that did not finish:\n" % len(missed))
+        w("".join(line + "\n" for line in rerun_lines(view, missed)))
     order = "lowest" if view.config.performance_sort_asc else "highest"
-    w("\nbest %d runs by %s (%s first):\n" % (k, view.config.performance_key, order))
+    w("\nbest %d runs by %s (finished runs first, %s first):\n"
+      % (k, view.config.performance_key, order))
     w("".join("  " + line + "\n" for line in top_table(view, ranked, k)))
 
 
@@ -920,8 +1154,7 @@ def status_svg(counts):
 
 
 def results_table_html(view, ranked):
-    columns = ResultsTable("", view.arg_keys, view.config.summary_keywords,
-                           view.config.out_arg).columns
+    columns = result_columns(view)
     out_arg = view.config.out_arg
     rows = []
     for run in ranked[:TABLE_ROWS]:
@@ -930,6 +1163,7 @@ def results_table_html(view, ranked):
         cells[out_arg] = os.path.relpath(run.out_dir, view.path)
         cells[hpsearch.STATE_COLUMN] = run.state
         cells[hpsearch.EXIT_COLUMN] = run.exit_code
+        cells[hpsearch.REASON_COLUMN] = run.reason
         rows.append("<tr class=\"%s\">%s</tr>" % (run.state, "".join(
             "<td>%s</td>" % esc(short_number(cells.get(c))) for c in columns)))
     more = ""
@@ -1001,9 +1235,7 @@ def report_html(view, ranked, top_k):
 
 def write_report(view, ranked, top_k):
     path = view.file(REPORT_NAME)
-    earlier = keep_earlier(path)
-    atomic_write_text(path, report_html(view, ranked, top_k))
-    return path, earlier
+    return (path,) + write_output(path, report_html(view, ranked, top_k))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1022,9 +1254,22 @@ def main(argv=None):
         return 1
 
 
-def wrote(path, earlier, what=""):
+def wrote(path, earlier, changed=True, what=""):
+    if not changed:
+        return "%s is unchanged%s (left as it was)" % (path, what)
     return "wrote %s%s%s" % (path, what, " (the earlier one is now %s)"
                              % os.path.basename(earlier) if earlier else "")
+
+
+def criteria_notices(view, criteria, moved, unjudged):
+    lines = ["moved %d run folder(s) that miss --performance_criteria=%s into %s (nothing "
+             "deleted)%s" % (len(moved), criteria, view.file(TRASH_DIR), ":" if moved else "")]
+    lines += ["  %s" % r.name for r in moved]
+    if unjudged:
+        lines.append("kept %d run folder(s) that %s could not judge (not judged):"
+                     % (len(unjudged), handle_name(view.config)))
+        lines += ["  %s: %s" % (u.run.name, u.why) for u in unjudged]
+    return lines
 
 
 def _main(argv):
@@ -1035,23 +1280,15 @@ def _main(argv):
     check_criteria_handle(view.config, args.performance_criteria)  # before anything moves
     notices = []
     if args.performance_criteria is not None:
-        moved, unjudged, errors = apply_criteria(view, args.performance_criteria)
-        notices.append("moved %d run folder(s) that miss --performance_criteria=%s into %s "
-                       "(nothing deleted)%s" % (len(moved), args.performance_criteria,
-                                                view.file(TRASH_DIR), ":" if moved else ""))
-        notices += ["  %s" % r.name for r in moved]
-        if unjudged:
-            notices.append("kept %d run folder(s) without a readable summary (not judged): %s"
-                           % (len(unjudged), " ".join(r.name for r in unjudged)))
-        for run, error in errors:
-            warn("_PERFORMANCE_EVAL_HANDLE failed on %s (kept): %s" % (run.name, error))
+        moved, unjudged = apply_criteria(view, args.performance_criteria)
+        notices += criteria_notices(view, args.performance_criteria, moved, unjudged)
     ranked = sort_runs(view)
     notices.append(wrote(*write_results(view, ranked)))
     if args.seed_key in view.arg_keys:
         seeds = SeedTable(view, args.seed_key)
-        earlier = seeds.write(view.file(SEEDS_NAME))
-        notices.append(wrote(view.file(SEEDS_NAME), earlier, ": %d groups of runs that differ "
-                             "only in --%s" % (len(seeds.rows), args.seed_key)))
+        earlier, changed = seeds.write(view.file(SEEDS_NAME))
+        notices.append(wrote(view.file(SEEDS_NAME), earlier, changed, ": %d groups of runs "
+                             "that differ only in --%s" % (len(seeds.rows), args.seed_key)))
     else:
         notices.append("no argument %r in this search (see --seed_key): no %s"
                        % (args.seed_key, SEEDS_NAME))

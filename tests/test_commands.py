@@ -177,7 +177,8 @@ def test_python_flag_chooses_the_interpreter(tmp_path):
 def test_stdin_is_dev_null(tmp_path):
     project = make_project(tmp_path, grid={"read_stdin": [True]})
     rc, out, err = project.hpsearch(timeout=30)
-    assert rc == 0, err
+    assert rc == 1, err   # the search ran to its end; its one run failed
+    assert "EOFError" in out   # the script's last error line, on the line that reports it
     search = project.search()
     (run,) = search.runs()
     assert search.final_states() == {run["name"]: "failed"}
@@ -205,7 +206,7 @@ def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
     assert rc == 0, err
     assert tree(tmp_path) == before
     lines = out.strip().splitlines()
-    assert lines[-1] == "4 commands"
+    assert lines[-1] == "4 commands (4 grid points, 0 duplicates removed, 0 conditions skipped)"
     assert [shlex.split(line) for line in lines[:-1]] == [
         [sys.executable, "train.py"] + args for args in (
             ["--acc=0.1", "--s=a b"], ["--acc=0.1", "--s=q r"],

@@ -259,7 +259,8 @@ def test_hypnettorch_config_loads_unchanged(tmp_path):
     assert rc == 0, err
     search = assert_finished_search(project, count=4)
     header, rows = search.results()
-    assert header[:4] == ["acc", "name", "use_bn", "epochs"]
+    # the summary keywords first, then the arguments not among them
+    assert header[:6] == ["acc", "loss", "finished", "name", "use_bn", "epochs"]
     assert sorted(r["acc"] for r in rows) == ["0.25", "0.25", "0.75", "0.75"]
     with open(os.path.join(search.runs()[0]["out_dir"], "argv.json")) as f:
         assert "--name=example string" in json.load(f)

@@ -203,7 +203,8 @@ def check_outcome(rc, out, err, text):
         assert len(lines) == 1 and lines[0].startswith("hpsearch: error:"), (err, text)
     else:
         assert all(line.startswith("hpsearch: warning:") for line in lines), (err, text)
-        assert re.search(r"(^|\n)\d+ commands\n$", out), (out[-200:], text)
+        assert re.search(r"(^|\n)\d+ commands? \(\d+ grid points?, .*\)\n$", out), (
+            out[-200:], text)
 
 
 @FUZZ

@@ -249,7 +249,7 @@ def dry_commands(project, *args, **kwargs):
 def test_deterministic_search_is_grid_order(order_project):
     lines, count = dry_commands(order_project, "--deterministic_search",
                                 env={"PYTHONHASHSEED": "1"})
-    assert count == "24 commands"
+    assert count == "24 commands (24 grid points, 0 duplicates removed, 0 conditions skipped)"
     expected = [[ref_token(k, v) for k, v in c.items()] for c in ref_product(ORDER_GRID)]
     assert [shlex.split(line)[2:] for line in lines] == expected
     again, _ = dry_commands(order_project, "--deterministic_search",
@@ -270,16 +270,18 @@ def test_shuffle_is_reproducible_across_processes(order_project):
 
 def test_num_searches_caps(order_project):
     lines, count = dry_commands(order_project, "--num_searches=5")
-    assert count == "5 commands" and len(lines) == 5
+    assert count == ("5 commands (24 grid points, 0 duplicates removed, 0 conditions skipped, "
+                     "the first 5 of 24, --num_searches)") and len(lines) == 5
     all_lines, _ = dry_commands(order_project)
     assert lines == all_lines[:5]
     lines, count = dry_commands(order_project, "--num_searches=500")
-    assert count == "24 commands"
+    assert count.startswith("24 commands (")
 
 
 def test_random_pick_from_cli(order_project):
     lines, count = dry_commands(order_project, "--dont_generate_full_grid", "--num_searches=7")
-    assert count == "7 commands"
+    assert count == ("7 commands (drawn at random from 24 grid points, 0 conditions "
+                     "skipped)")
     assert len(set(lines)) == 7
     all_lines, _ = dry_commands(order_project)
     assert set(lines) <= set(all_lines)

@@ -23,7 +23,7 @@ import zlib
 
 import pytest
 
-from conftest import REPO, make_project, read_csv, tree, write_file
+from conftest import HPSEARCH, REPO, make_project, read_csv, tree, write_file
 
 POST = os.path.join(REPO, "hpsearch_postprocessing.py")
 STATES = ("finished", "unfinished", "failed", "killed", "running", "missing", "not_started")
@@ -65,6 +65,42 @@ def counts(stdout):
 def csv_by_run(path, out_arg="out_dir"):
     header, rows = read_csv(path)
     return header, rows, {os.path.basename(r[out_arg]): r for r in rows}
+
+
+def rerun_commands(stdout):
+    """``{run name: (cd line, argv)}`` of the per-run re-run advice: each run's command (with
+    ``    # <run>: <state>`` after it) and the ``cd`` line before it."""
+    lines = stdout.splitlines()
+    found = {}
+    for i, line in enumerate(lines):
+        if "    # sim_" in line:
+            command, comment = line.strip().split("    # ")
+            found[comment.split(":")[0]] = (lines[i - 1].strip(), shlex.split(command))
+    return found
+
+
+def resume_line(stdout):
+    """The printed ``... hpsearch.py --resume SEARCH_DIR`` command line."""
+    found = [line.strip() for line in stdout.splitlines()
+             if "--resume" in line and "hpsearch.py" in line and "(" not in line]
+    assert len(found) == 1, stdout
+    return found[0]
+
+
+def with_out_dir(argv, out_dir, out_arg="out_dir"):
+    """``argv`` with its ``--out_dir=...`` argument replaced."""
+    return [("--%s=%s" % (out_arg, out_dir)) if a.startswith("--%s=" % out_arg) else a
+            for a in argv]
+
+
+def did_not_finish(stdout):
+    """``{run name: 'state: reason'}`` of the list of runs that did not finish."""
+    part = stdout[stdout.index("runs that did not finish"):].split("\n\n")[0]
+    found = {}
+    for line in part.splitlines()[1:]:
+        name, _, rest = line.strip().partition(": ")
+        found[name] = rest
+    return found
 
 
 def assert_one_error_line(rc, out, err, *needles):
@@ -189,7 +225,7 @@ def real_search(tmp_path, extra=""):
     project = make_project(tmp_path, grid=REAL_GRID, conditions=REAL_CONDITIONS,
                            config_extra=extra)
     rc, out, err = project.hpsearch("--deterministic_search")
-    assert rc == 0, (out, err)
+    assert rc == 1, (out, err)   # the acc=0.5 runs fail
     return project, project.search()
 
 
@@ -201,31 +237,45 @@ def test_real_search_counts_table_seeds_and_rerun_commands(tmp_path):
                            "running": 0, "missing": 0, "not_started": 0}
     assert "(exit 1: 2)" in out
 
-    # The CSV: search_results.csv's columns, every run, best first.
+    # The CSV: search_results.csv's columns (keywords first, the reason last), every run,
+    # finished runs first: the failed runs' 0.5 ranks after every finished run.
     header, rows, by_run = csv_by_run(search.file("postprocessing_results.csv"))
     assert header == search.results()[0]
-    assert [float(r["acc"]) for r in rows] == [0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
-    assert [r["hpsearch_state"] for r in rows] == ["finished"] * 2 + ["failed"] * 2 + \
-        ["finished"] * 2
+    assert header == ["acc", "loss", "finished", "random_seed", "exit", "out_dir",
+                      "hpsearch_state", "hpsearch_exit_code", "hpsearch_reason"]
+    assert [float(r["acc"]) for r in rows] == [0.75, 0.75, 0.25, 0.25, 0.5, 0.5]
+    assert [r["hpsearch_state"] for r in rows] == ["finished"] * 4 + ["failed"] * 2
     assert {r["hpsearch_exit_code"] for r in rows if r["hpsearch_state"] == "failed"} == {"1"}
     assert sorted(by_run) == sorted(r["name"] for r in search.runs())
-    # Row for row what hpsearch itself wrote into search_results.csv.
+    # The reason: the failed runs' last stderr line, as the launcher recorded it.
+    for name, row in by_run.items():
+        if row["hpsearch_state"] == "failed":
+            assert row["hpsearch_reason"] == "hello stderr from %s" % name
+        else:
+            assert row["hpsearch_reason"] == ""
+    # Row for row what hpsearch itself wrote into search_results.csv, in the same order of
+    # states and values.
+    theirs = search.results()[1]
+    assert [(r["hpsearch_state"], r["acc"]) for r in theirs] == \
+        [(r["hpsearch_state"], r["acc"]) for r in rows]
     with open(search.file("search_results.csv")) as f:
         theirs = sorted(f.read().splitlines()[1:])
     with open(search.file("postprocessing_results.csv")) as f:
         assert sorted(f.read().splitlines()[1:]) == theirs
 
-    # The failed runs, as commands that re-run exactly what hpsearch ran.
+    # The runs that did not finish, each with its reason.
+    failed = sorted(n for n, r in by_run.items() if r["hpsearch_state"] == "failed")
+    assert did_not_finish(out) == {n: "failed (exit 1): hello stderr from %s" % n
+                                   for n in failed}
+    # How to run them again: the --resume command, and per run its command with a fresh
+    # output folder after a cd into run_cwd.
     argv = {r["name"]: r["argv"] for r in search.runs()}
-    listed = [line for line in out.splitlines() if "# sim_" in line]
-    assert len(listed) == 2
-    for line in listed:
-        command, comment = line.split("    # ")
-        name = comment.split(":")[0]
-        assert shlex.split(command) == argv[name]
-        assert "failed, exit 1" in comment
-        assert by_run[name]["hpsearch_state"] == "failed"
-    assert "--resume %s" % search.path in out
+    listed = rerun_commands(out)
+    assert sorted(listed) == failed
+    for name, (cd, command) in listed.items():
+        assert shlex.split(cd) == ["cd", project.path]
+        assert command == with_out_dir(argv[name], search.file(name + "_rerun"))
+    assert shlex.split(resume_line(out)) == [sys.executable, HPSEARCH, "--resume", search.path]
 
     # Seed groups: args equal but for random_seed; statistics over finished runs.
     header, rows = read_csv(search.file("postprocessing_seeds.csv"))
@@ -244,11 +294,12 @@ def test_real_search_counts_table_seeds_and_rerun_commands(tmp_path):
                                 "state"]
     ranks = [line.split() for line in lines[2:5]]
     assert [r[0] for r in ranks] == ["1", "2", "3"]
-    assert [r[2] for r in ranks] == ["0.75", "0.75", "0.5"]
+    assert [r[2] for r in ranks] == ["0.75", "0.75", "0.25"]   # the failed 0.5 after these
+    assert [r[-1] for r in ranks] == ["finished"] * 3
     assert "nothing" not in err
 
 
-def test_performance_criteria_moves_runs_and_a_second_pass_keeps_the_earlier_csv(tmp_path):
+def test_performance_criteria_moves_runs_and_a_changed_csv_keeps_the_earlier_one(tmp_path):
     # The handle is hypnettorch style (summary['acc'][0]); it still works.
     project, search = real_search(tmp_path, extra=OLD_STYLE_HANDLE)
     before = snapshot(search.path)
@@ -273,11 +324,21 @@ def test_performance_criteria_moves_runs_and_a_second_pass_keeps_the_earlier_csv
     assert "moved 2 run folder(s)" in out
     first_csv = after["postprocessing_results.csv"][1]
 
-    # Second pass: runs in TO_BE_DELETED are still found; the earlier CSV is kept.
+    # Second pass: runs in TO_BE_DELETED are still found; the CSV would be the same, so it
+    # is left as it is.
     time.sleep(0.01)
     rc, out, err = run_post([search.path])
     assert rc == 0, (out, err)
     assert counts(out)["finished"] == 4 and counts(out)["failed"] == 2
+    assert snapshot(search.path)["postprocessing_results.csv"] == \
+        after["postprocessing_results.csv"]
+    assert "postprocessing_results.csv is unchanged" in out
+
+    # A third pass after a change (a summary rewritten): the earlier CSV is kept.
+    write_file(search.file("TO_BE_DELETED", low[0], "performance_overview.txt"),
+               "acc 0.3\nloss 1.0\nfinished 1\n")
+    rc, out, err = run_post([search.path])
+    assert rc == 0, (out, err)
     kept = [n for n in os.listdir(search.path)
             if re.match(r"postprocessing_results_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(_\d+)?\.csv$",
                         n)]
@@ -288,6 +349,7 @@ def test_performance_criteria_moves_runs_and_a_second_pass_keeps_the_earlier_csv
     for name in low:
         assert by_run[name]["out_dir"] == os.path.join("TO_BE_DELETED", name)
         assert by_run[name]["hpsearch_state"] == "finished"
+    assert by_run[low[0]]["acc"] == "0.3"
     assert "the earlier one is now %s" % kept[0] in out
 
 
@@ -378,30 +440,50 @@ def test_damaged_folder_every_run_listed_with_its_state_nothing_changed(tmp_path
         expected[s] += 1
     assert counts(out) == expected
     assert "(exit 1: 1, exit 3: 1)" in out and "(exit 137: 1)" in out
-    # What is odd about each run is said.
-    notes = {
-        2: "summary empty or garbled", 3: "summary empty or garbled",
-        4: "no 'finished 1' in summary", 5: "summary unreadable", 6: "no summary file",
-        7: "run folder deleted",
+    # Why each run did not finish is said, in the list printed and in the CSV's reason column
+    # (the journal has no reasons here: what postprocessing can tell).
+    summary_file = os.path.join(path, "%s", "performance_overview.txt")
+    no_finished = "%s has no 'finished' line"
+    reasons = {  # run: (state, reason, what else is odd about it)
+        2: ("unfinished (exit 0)", no_finished % (summary_file % run_name(2)),
+            "summary empty or garbled"),
+        3: ("unfinished (exit 0)", no_finished % (summary_file % run_name(3)),
+            "summary empty or garbled"),
+        4: ("unfinished (exit 0)", no_finished % (summary_file % run_name(4)), ""),
+        5: ("unfinished (exit 0)", "no performance_overview.txt in %s (it holds: "
+            "performance_overview.txt)" % os.path.join(path, run_name(5)), "summary unreadable"),
+        6: ("unfinished (exit 0)", "no performance_overview.txt in %s (it holds: nothing)"
+            % os.path.join(path, run_name(6)), "no summary file"),
+        7: ("missing", "run folder deleted (it had ended finished)", ""),
+        9: ("failed (exit 3)", "no message on stderr or stdout", ""),
+        10: ("killed (exit 137)", "killed by signal 9", "no summary file"),
+        11: ("not_started", "never started", ""),
+        12: ("failed (exit 1)", "no message on stderr or stdout", ""),
     }
-    for k, note in notes.items():
-        assert re.search(r"%s: \w+ \(.*%s" % (run_name(k), re.escape(note)), out), (k, out)
-    # Partial results are kept; sorted by acc, text and nan last.
+    assert did_not_finish(out) == {
+        run_name(k): "%s: %s%s" % (state, reason, " (%s)" % note if note else "")
+        for k, (state, reason, note) in reasons.items()}
+    for k, (_, reason, _) in reasons.items():
+        assert by_run[run_name(k)]["hpsearch_reason"] == reason, k
+    for k in (1, 13, 14):
+        assert by_run[run_name(k)]["hpsearch_reason"] == ""
+    # Partial results are kept. Finished runs first (by acc, nan last), then unfinished,
+    # failed and killed runs, then running, missing and never started ones.
     assert by_run[run_name(4)]["acc"] == "0.7"
     assert by_run[run_name(8)]["acc"] == "0.3"
     assert by_run[run_name(9)]["hpsearch_exit_code"] == "3"
-    accs = [r["acc"] for r in rows]
-    assert accs[:5] == ["0.95", "0.9", "0.7", "0.6", "0.3"]
-    assert set(accs[5:]) <= {"", "nan"}
-    # Re-run commands for failed, killed, missing and never started runs.
+    assert [os.path.basename(r["out_dir"]) for r in rows] == \
+        [run_name(k) for k in (1, 13, 14, 4, 2, 3, 5, 6, 9, 12, 10, 8, 7, 11)]
+    assert [r["acc"] for r in rows][:4] == ["0.9", "0.6", "nan", "0.7"]
+    # Re-run commands for every run that did not finish, each into a fresh folder.
     with open(os.path.join(path, "search_record.json")) as f:
         argv = {r["name"]: r["argv"] for r in json.load(f)["runs"]}
-    listed = {}
-    for line in out.splitlines():
-        if "    # sim_" in line:
-            command, comment = line.split("    # ")
-            listed[comment.split(":")[0]] = shlex.split(command)
-    assert listed == {run_name(k): argv[run_name(k)] for k in (7, 9, 10, 11, 12)}
+    listed = rerun_commands(out)
+    assert {n: argv for n, (cd, argv) in listed.items()} == {
+        run_name(k): with_out_dir(argv[run_name(k)], os.path.join(path, run_name(k) + "_rerun"))
+        for k in reasons}
+    assert {cd for cd, _ in listed.values()} == {"cd %s" % shlex.quote(str(tmp_path))}
+    assert "once the search's launcher has ended" in out   # run 8 is running
     # Nothing the search had was touched.
     after = snapshot(path)
     for rel, (mtime, content) in before.items():
@@ -439,7 +521,7 @@ def test_criteria_leaves_running_and_summaryless_runs_alone(tmp_path):
         {"args": {"lr": 0.3}, "summary": "acc 0.1\n", "journal": [("running", None)]},
         {"args": {"lr": 0.4}, "summary": None, "journal": [("failed", 1)]},  # not judged
         {"args": {"lr": 0.5}, "summary": summary(0.2), "journal": [("failed", 2)]},  # moved
-        {"args": {"lr": 0.6}, "summary": "loss 1\nfinished 1\n"},  # the handle raises: kept
+        {"args": {"lr": 0.6}, "summary": "loss 1\nfinished 1\n"},  # no 'acc': not judged
     ]
     path = synth_search(tmp_path, runs, extra=HANDLE)
     os.makedirs(os.path.join(path, "TO_BE_DELETED", run_name(1)))  # a name already taken
@@ -449,9 +531,11 @@ def test_criteria_leaves_running_and_summaryless_runs_alone(tmp_path):
     assert sorted(os.listdir(trash)) == [run_name(1), run_name(1) + "_2", run_name(5)]
     for k in (2, 3, 4, 6):
         assert os.path.isdir(os.path.join(path, run_name(k)))
-    assert "kept 1 run folder(s) without a readable summary" in out
-    assert re.search(r"warning: _PERFORMANCE_EVAL_HANDLE failed on %s \(kept\): KeyError"
-                     % run_name(6), err), err
+    assert re.search(r"^kept 2 run folder\(s\) that _PERFORMANCE_EVAL_HANDLE \(_keep in "
+                     r".*hp_config.py\) could not judge \(not judged\):\n"
+                     r"  %s: no readable summary\n"
+                     r"  %s: its summary has no 'acc'$" % (run_name(4), run_name(6)),
+                     out, re.M), out
 
 
 def test_seed_groups_n_mean_std_and_order(tmp_path):
@@ -494,7 +578,10 @@ def test_seed_groups_n_mean_std_and_order(tmp_path):
     _, rows = read_csv(os.path.join(path, "postprocessing_seeds.csv"))
     assert [r["lr"] for r in rows] == ["0.3", "0.2", "0.1", "0.4"]  # 0.5, 1.5, 2.0, none
     _, rows = read_csv(os.path.join(path, "postprocessing_results.csv"))
-    assert [float(r["loss"]) for r in rows] == sorted(float(r["loss"]) for r in rows)
+    # Finished runs by loss, lowest first; the failed run (loss 0.1) after them.
+    assert [r["hpsearch_state"] for r in rows] == ["finished"] * 6 + ["failed"]
+    losses = [float(r["loss"]) for r in rows[:-1]]
+    assert losses == sorted(losses) and rows[-1]["loss"] == "0.1"
 
 
 def test_top_table_shows_only_differing_arguments(tmp_path):
@@ -504,7 +591,8 @@ def test_top_table_shows_only_differing_arguments(tmp_path):
     path = synth_search(tmp_path, runs)
     rc, out, err = run_post([path, "--top", "2"])
     assert rc == 0, (out, err)
-    lines = out[out.index("best 2 runs by acc (highest first):"):].splitlines()
+    lines = out[out.index("best 2 runs by acc (finished runs first, highest first):"):
+                ].splitlines()
     assert lines[1].split() == ["#", "run", "lr", "flag", "acc", "loss", "state"]
     assert set(lines[2].replace(" ", "")) == {"-"}
     body = [line.split() for line in lines[3:5]]
@@ -563,18 +651,28 @@ def test_hypnettorch_folder_is_read(tmp_path):
     assert counts(out) == {"finished": 2, "unfinished": 1, "failed": 0, "killed": 0,
                            "running": 0, "missing": 0, "not_started": 1}
     header, rows, by_run = csv_by_run(os.path.join(search, "postprocessing_results.csv"))
-    assert header == ["lr", "opt", "use_bn", "acc", "loss", "finished", "out_dir",
-                      "hpsearch_state", "hpsearch_exit_code"]
+    assert header == ["acc", "loss", "finished", "lr", "opt", "use_bn", "out_dir",
+                      "hpsearch_state", "hpsearch_exit_code", "hpsearch_reason"]
     assert [r["acc"] for r in rows] == ["0.82", "0.61", "0.3", ""]
     assert by_run["sim_20200101000000_4"]["hpsearch_state"] == "not_started"
     assert by_run["sim_20200101000000_1"]["out_dir"] == "sim_20200101000000_1"
-    # The never-started run, as a command like hypnettorch's (flags rendered the same way).
-    line = [x for x in out.splitlines() if "# sim_20200101000000_4" in x][0]
-    argv = shlex.split(line.split("    # ")[0])
+    # No journal: the reasons are what postprocessing tells from the folders.
+    run_3 = os.path.join(search, "sim_20200101000000_3")
+    assert by_run["sim_20200101000000_3"]["hpsearch_reason"] == \
+        "%s says finished 0, not 1" % os.path.join(run_3, "performance_overview.txt")
+    assert by_run["sim_20200101000000_4"]["hpsearch_reason"] == \
+        "no run folder %s (never started, or ended before making it)" \
+        % os.path.join(search, "sim_20200101000000_4")
+    # The runs that did not finish, as commands like hypnettorch's (flags rendered the same
+    # way) with a fresh output folder, after a cd into run_cwd; no --resume.
+    listed = rerun_commands(out)
+    assert sorted(listed) == ["sim_20200101000000_3", "sim_20200101000000_4"]
+    cd, argv = listed["sim_20200101000000_4"]
     assert argv == ["python3", "train.py",
-                    "--out_dir=./out/hs/search_2020-01-01_00-00-00/sim_20200101000000_4",
+                    "--out_dir=./out/hs/search_2020-01-01_00-00-00/sim_20200101000000_4_rerun",
                     "--lr=0.4", "--opt=adam"]
-    assert "never started (1): re-run with (in %s)" % run_cwd in out
+    assert shlex.split(cd) == ["cd", run_cwd]
+    assert "hpsearch.py" not in out and "a hypnettorch search has no --resume" in out
 
 
 def test_hypnettorch_pickle_that_does_not_match_the_config(tmp_path):

@@ -392,7 +392,8 @@ def test_array_is_one_qsub_throttled_by_tc(make_search, num_jobs, configs):
 def test_failing_job_is_failed_with_its_exit_status(make_search):
     s = make_search({"id": [1], "exit": [0, 3]})
     rc, out, err = s.search("--num_jobs=2")
-    assert rc == 0, (out, err)
+    assert rc == 1, (out, err)   # ran to its end; one run failed
+    assert re.search(r"^failed sim_\d+_\d \(exit 3\): .* \[log: .*\.err\]$", out, re.M), out
     by_exit = {e["exit_code"]: e["state"] for e in s.final().values()}
     assert by_exit == {0: "finished", 3: "failed"}, s.final()
     rows = {r["exit"]: r for r in s.results()}
@@ -437,7 +438,7 @@ def eqw_search(tmp_path_factory):
 def test_eqw_job_is_reported_killed_and_the_search_goes_on(eqw_search):
     s = eqw_search
     rc, out, err = s.result   # s.search() asserts that it ended (no hang)
-    assert rc == 0, (out, err)
+    assert rc == 1, (out, err)   # ran to its end; the Eqw job was killed
     assert len(s.calls("qsub")) == 2   # the second job went in after the first was given up
     final = s.final()
     assert sorted(e["state"] for e in final.values()) == ["killed", "killed"], final

@@ -368,7 +368,9 @@ def test_array_search_ends_promptly_with_each_task_log_in_its_run_folder(site):
 def test_failing_job_is_failed_with_its_exit_code(site):
     site.config({"exit": [0, 3]})
     rc, out = site.hpsearch()
-    assert rc == 0, out
+    assert rc == 1, out   # ran to its end; one run failed
+    assert re.search(r"^failed sim_\d+_\d \(exit 3\): hello from sim_\d+_\d \[log: .*\.err\]$",
+                     out, re.M), out
     search = site.search()
     by_exit = {}
     for run in search.runs():
@@ -388,7 +390,8 @@ def test_time_limit_kills_the_job(site):
     started = time.time()
     rc, out = site.hpsearch("--scheduler_args=--time=1", timeout=280)
     took = time.time() - started
-    assert rc == 0, out
+    assert rc == 1, out   # ran to its end; its run was killed
+    assert "killed by the scheduler: TIMEOUT" in out, out
     search = site.search()
     (entry,) = last_entries(search).values()
     assert entry["state"] == "killed", entry
