@@ -677,8 +677,9 @@ def test_hpsearch_log_has_every_message_with_its_time(tmp_path, stdout):
                             stderr=subprocess.PIPE, universal_newlines=True)
     CREATED.append(proc)
     if stdout == "closed_pipe":  # the reader left (as '| head -0'): writes fail with EPIPE
-        proc.stdout.close()
-        err = proc.communicate(timeout=60)[1]
+        proc.stdout.close()   # (Python 3.6's communicate() cannot take a closed pipe)
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
         out = ""
     else:
         out, err = proc.communicate(timeout=60)
