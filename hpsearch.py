@@ -372,9 +372,11 @@ def _check_grid(grid, where):
     for key, values in grid.items():
         if not isinstance(key, str) or not key:
             raise UsageError("%s: grid key %r must be a non-empty string" % (where, key))
+        if isinstance(values, Distribution):
+            continue
         if not isinstance(values, (list, tuple)) or len(values) == 0:
-            raise UsageError("%s: grid[%r] must be a non-empty list of values, not %r"
-                             % (where, key, values))
+            raise UsageError("%s: grid[%r] must be a non-empty list of values or a distribution "
+                             "(uniform, loguniform, randint), not %r" % (where, key, values))
         _check_values(where, key, values)
 
 
@@ -608,9 +610,14 @@ class GridSpace(object):
     ``sample(n, rng)`` draws ``n`` distinct configurations without building the product.
     """
 
-    def __init__(self, grid, conditions, warn=warn):
+    def __init__(self, grid, conditions, warn=warn, draws=0):
         self.keys = list(grid)
         self.n_grid = len(self.keys)
+        # Grid entries that are distributions get the values drawn from them as they come:
+        # room for ``draws`` of them (see draw_budget), after the values conditions name.
+        self.distributions = {p: grid[k] for p, k in enumerate(self.keys)
+                              if isinstance(grid[k], Distribution)}
+        self.draws = (draws or draw_budget(1000)) if self.distributions else 0
         self.skipped_conditions = 0
         self.after_conditions = None   # configurations expand() made before removing duplicates
         self.unique = None             # ... and after
@@ -624,19 +631,33 @@ class GridSpace(object):
                 continue
             active.append((trigger, action))
             self.keys.extend(k for k in action if k not in self.keys)
-        self.tables = [ValueTable(k, grid[k], False) for k in self.keys[:self.n_grid]]
+        self.tables = [ValueTable(k, [] if p in self.distributions else grid[k], False)
+                       for p, k in enumerate(self.keys[:self.n_grid])]
         self.tables.extend(ValueTable(k, [], True) for k in self.keys[self.n_grid:])
         # The product runs over grid values only, not over values conditions add below.
         self.grid_sizes = [len(t.values) for t in self.tables[:self.n_grid]]
         self.position = {k: i for i, k in enumerate(self.keys)}
-        # Every value a condition adds is known before the digits are laid out.
+        # Every value a condition adds or (for a distribution) names in its trigger is known
+        # before the digits are laid out: a drawn value equal to it shares its index.
         actions = [{k: [self._table(k).index_of(v) for v in vals] for k, vals in a.items()}
                    for _, a in active]
+        for trigger, _ in active:
+            for key in (k for k in trigger if self.position[k] in self.distributions):
+                for value in trigger[key]:
+                    self._table(key).index_of(value)
         self.digits = self._layout()
         self.conditions = [self._compile(trigger, indices)
                            for (trigger, _), indices in zip(active, actions)]
-        self._canon = [t.canonical_indices() for t in self.tables]
-        self._needs_canon = any(c != list(range(len(c))) for c in self._canon)
+        # A value drawn later that equals a trigger's value (3 and 3.0 too) must match it.
+        self._open_triggers = collections.defaultdict(list)   # position -> [(indices, values)]
+        for (trigger, _), condition in zip(active, self.conditions):
+            for (_, allowed), key in zip(condition.trigger, trigger):
+                if self.position[key] in self.distributions:
+                    self._open_triggers[self.position[key]].append((allowed, trigger[key]))
+        # Drawn values render uniquely: their tables need no canonical indices (None).
+        self._canon = [None if p in self.distributions else t.canonical_indices()
+                       for p, t in enumerate(self.tables)]
+        self._needs_canon = any(c is not None and c != list(range(len(c))) for c in self._canon)
 
     def _table(self, key):
         return self.tables[self.position[key]]
@@ -647,7 +668,8 @@ class GridSpace(object):
         stride = 1
         order = list(range(self.n_grid - 1, -1, -1)) + list(range(self.n_grid, len(self.keys)))
         for p in order:
-            digits[p] = Digit(stride, len(self.tables[p].values))
+            room = self.draws if p in self.distributions else 0
+            digits[p] = Digit(stride, len(self.tables[p].values) + room)
             stride *= digits[p].radix
         return digits
 
@@ -679,7 +701,8 @@ class GridSpace(object):
     def _dedup_key(self, code):
         if not self._needs_canon:
             return code
-        return sum(self._canon[p][d.of(code)] * d.stride for p, d in enumerate(self.digits))
+        return sum((d.of(code) if c is None else c[d.of(code)]) * d.stride
+                   for c, d in zip(self._canon, self.digits))
 
     def dedup(self, codes):
         """Remove configurations that render to the same command, keeping the first."""
@@ -702,24 +725,52 @@ class GridSpace(object):
         return codes
 
     def size_of_product(self):
-        return _product(self.grid_sizes)
+        """How many grid points the lists make (None when the grid has distributions)."""
+        return None if self.distributions else _product(self.grid_sizes)
 
-    def sample(self, n, rng):
-        """``n`` distinct configurations drawn at random (fewer if the space is smaller)."""
-        if self.size_of_product() <= max(4 * n, 10000):  # small: exact and cheap to build
-            codes = self.expand()
-            rng.shuffle(codes)
-            return codes[:n]
-        grid_digits = [(self.digits[p].stride, self.grid_sizes[p]) for p in range(self.n_grid)]
+    def sample(self, n, rng, points=None):
+        """``n`` distinct configurations drawn without building the product (fewer if the
+        space is smaller). ``points`` (default: RandomPoints(rng)) gives each draw a
+        coordinate per grid entry: an index into a list, a number in [0, 1) for a
+        distribution, whose value is then drawn. Conditions apply to each drawn point as to a
+        grid point; of the configurations they make, one is taken at random."""
+        if self.distributions and draw_budget(n) > self.draws:
+            raise ValueError("GridSpace(..., draws=%d) has room for fewer draws than %d "
+                             "configurations may need (draws=draw_budget(%d))" % (
+                                 self.draws, n, n))
+        if points is None:
+            points = RandomPoints(rng)
+            size = self.size_of_product()
+            if size is not None and size <= max(4 * n, 10000):  # small: exact, cheap to build
+                codes = self.expand()
+                rng.shuffle(codes)
+                return codes[:n]
+        sizes = [0 if p in self.distributions else self.grid_sizes[p] for p in range(self.n_grid)]
         pool = collections.OrderedDict()
         attempts = 0
-        while len(pool) < n and attempts < 50 * n + 1000:
+        while len(pool) < n and attempts < draw_budget(n):
             attempts += 1
-            point = sum(rng.randrange(size) * stride for stride, size in grid_digits)
+            point = sum(self._index_of(p, c) * self.digits[p].stride
+                        for p, c in enumerate(points.point(sizes)))
             expanded = self._enforce([point])
             pick = expanded[rng.randrange(len(expanded))] if len(expanded) > 1 else expanded[0]
             pool.setdefault(self._dedup_key(pick), pick)
         return list(pool.values())
+
+    def _index_of(self, p, coordinate):
+        """A list entry's coordinate is its index; a distribution's is the number it maps to
+        a value, whose index in the table of drawn values is taken (added if new)."""
+        if p not in self.distributions:
+            return coordinate
+        table = self.tables[p]
+        known = len(table.values)
+        value = self.distributions[p].value(coordinate)
+        index = table.index_of(value)
+        if index == known:  # a new value: does a trigger name it (by equality)?
+            for allowed, trigger_values in self._open_triggers.get(p, ()):
+                if _contains(trigger_values, value):
+                    allowed.add(index)
+        return index
 
     def indices(self, code):
         return [d.of(code) for d in self.digits]
@@ -736,6 +787,11 @@ class GridSpace(object):
         """The command-line arguments for a configuration (without the output folder)."""
         tokens = (t.tokens[i] for t, i in zip(self.tables, self.indices(code)))
         return [tok for tok in tokens if tok is not None]
+
+
+def draw_budget(n):
+    """How many draws may go into finding ``n`` distinct configurations."""
+    return 50 * n + 1000
 
 
 def _product(numbers):
@@ -766,12 +822,18 @@ def exit_text(code):
     return "no exit status" if code is None else "exit %s" % code
 
 
-def describe_plan(space, configs, random_pick):
+def describe_plan(space, configs, sampler):
     """``N commands (G grid points, D duplicates removed, C conditions skipped)``: how the
     grid became the commands (duplicate removal and skipped conditions are never silent)."""
-    parts = [plural(space.size_of_product(), "grid point")]
+    size = space.size_of_product()
+    parts = [plural(size, "grid point") if size is not None else "lists of %d combination(s) "
+             "and %s" % (_product(space.grid_sizes[p] for p in range(space.n_grid)
+                                  if p not in space.distributions),
+                         plural(len(space.distributions), "distribution"))]
+    random_pick = sampler != "grid"
     if random_pick:
-        parts[0] = "drawn at random from " + parts[0]
+        parts[0] = "drawn %s from %s" % ("at random" if sampler == "random" else
+                                         "quasi-randomly", parts[0])
     else:
         if space.after_conditions != space.size_of_product():
             parts.append("%d after conditions" % space.after_conditions)
@@ -782,11 +844,14 @@ def describe_plan(space, configs, random_pick):
     return "%s (%s)" % (plural(len(configs), "command"), ", ".join(parts))
 
 
-def plan_configs(space, num_searches, random_pick, deterministic, seed):
-    """The configurations to run, in run order."""
+def plan_configs(space, num_searches, sampler, deterministic, seed):
+    """The configurations to run, in run order: the grid's product (``sampler`` "grid"), or
+    ``num_searches`` distinct draws ("random", "quasirandom"); draws depend only on ``seed``."""
     rng = random.Random(seed)
-    if random_pick:
+    if sampler == "random":
         return space.sample(num_searches, rng)
+    if sampler == "quasirandom":
+        return space.sample(num_searches, rng, QuasiRandomPoints(space.n_grid, rng))
     configs = space.expand()
     if not deterministic:
         rng.shuffle(configs)
@@ -796,12 +861,197 @@ def plan_configs(space, num_searches, random_pick, deterministic, seed):
 
 
 # ----------------------------------------------------------------------------------------------
+# Sampling: distributions in the grid, random and quasi-random points
+# ----------------------------------------------------------------------------------------------
+#
+# A config may give a grid entry as a distribution instead of a list (``from hpsearch import
+# uniform, loguniform, randint, choice``; hpsearch is importable under that name while it runs).
+# A sampler draws points: per grid entry an index into its list, or a number u in [0, 1) that
+# the distribution maps to a value (the inverse of its CDF), so random and quasi-random draws
+# share one path through GridSpace.sample. Distributions are data; drawing is the sampler's job.
+
+
+class Distribution(object):
+    """A grid entry to draw from: ``value(u)`` maps u in [0, 1) to a value."""
+
+    __slots__ = ("low", "high")
+    name = ""
+
+    def __init__(self, low, high):
+        for bound in (low, high):
+            if not isinstance(bound, (int, float)) or isinstance(bound, bool) \
+                    or not math.isfinite(bound):
+                raise ValueError("%s(%r, %r): the bounds must be finite numbers"
+                                 % (self.name, low, high))
+        if not low < high:
+            raise ValueError("%s(%r, %r): low must be below high" % (self.name, low, high))
+        self.low, self.high = low, high
+
+    def __repr__(self):
+        return "%s(%r, %r)" % (self.name, self.low, self.high)
+
+
+class Uniform(Distribution):
+    """Floats spread evenly over [low, high]."""
+
+    name = "uniform"
+
+    def value(self, u):
+        # (Written so that even the widest float range cannot overflow.)
+        return min(max((1.0 - u) * self.low + u * self.high, self.low), self.high)
+
+
+class LogUniform(Distribution):
+    """Floats in [low, high] whose logarithm is spread evenly (learning rates, weight decay):
+    as many between 1e-5 and 1e-4 as between 1e-2 and 1e-1."""
+
+    name = "loguniform"
+
+    def __init__(self, low, high):
+        Distribution.__init__(self, low, high)
+        if low <= 0:
+            raise ValueError("loguniform(%r, %r): low must be above 0" % (low, high))
+
+    def value(self, u):
+        x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        return min(max(x, self.low), self.high)  # exp(log(low)) may miss low by a rounding
+
+
+class RandInt(Distribution):
+    """Integers from low to high, both included, each equally likely."""
+
+    name = "randint"
+
+    def __init__(self, low, high):
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in (low, high)):
+            raise ValueError("randint(%r, %r): the bounds must be integers" % (low, high))
+        if low > high:
+            raise ValueError("randint(%r, %r): low must not be above high" % (low, high))
+        self.low, self.high = low, high
+
+    def value(self, u):
+        return self.low + min(int(u * (self.high - self.low + 1)), self.high - self.low)
+
+
+def uniform(low, high):
+    """Grid entry: floats in [low, high], evenly."""
+    return Uniform(low, high)
+
+
+def loguniform(low, high):
+    """Grid entry: floats in [low, high], evenly on a log scale (0 < low)."""
+    return LogUniform(low, high)
+
+
+def randint(low, high):
+    """Grid entry: integers from low to high, both included."""
+    return RandInt(low, high)
+
+
+def choice(values):
+    """Grid entry: one of ``values``, each equally likely (a list, as any grid entry)."""
+    values = list(values)
+    if not values:
+        raise ValueError("choice(): give at least one value")
+    return values
+
+
+class RandomPoints(object):
+    """Independent random draws from Python's seeded generator: per entry ``randrange(size)``
+    for a list (as hpsearch always drew), ``random()`` for a distribution."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def point(self, sizes):
+        """Coordinates for entries of these sizes (0: a distribution)."""
+        return [self.rng.randrange(size) if size else self.rng.random() for size in sizes]
+
+
+class QuasiRandomPoints(object):
+    """Points of a scrambled Halton sequence: a list of n values is split evenly along its
+    coordinate (index = floor(u * n)), a distribution maps u to its value."""
+
+    def __init__(self, dimensions, rng):
+        self.sequence = ScrambledHalton(dimensions, rng)
+
+    def point(self, sizes):
+        return [min(int(u * size), size - 1) if size else u
+                for u, size in zip(self.sequence.next(), sizes)]
+
+
+class ScrambledHalton(object):
+    """Halton's low-discrepancy sequence in ``d`` dimensions: coordinate j of point i is i's
+    digits in the j-th prime base, mirrored behind the radix point. Scrambled as Owen does
+    it: each digit goes through a permutation of the base's digits that depends on the
+    digits before it (a random linear one, a*digit + c mod base, chosen by hashing the
+    digits so far with a seed per dimension from ``rng``, so from --random_seed). This keeps
+    Halton's even spread (every interval of b^-k holds its share of points) while placing the
+    points at random inside their intervals, and removes the correlation between dimensions
+    that plain Halton shows for small n. ``next()`` gives the next point; ``fast_forward(n)``
+    skips n."""
+
+    STRATIFIED_BITS = 30   # digits stratified this deep; below that, a hashed uniform fill
+
+    def __init__(self, d, rng):
+        self.bases = first_primes(d)
+        self.seeds = [rng.getrandbits(64) for _ in self.bases]
+        self.places = [int(math.ceil(self.STRATIFIED_BITS / math.log(b, 2)))
+                       for b in self.bases]
+        self.index = 0
+
+    def next(self):
+        i, self.index = self.index, self.index + 1
+        return [self._scrambled_inverse(i, b, seed, places)
+                for b, seed, places in zip(self.bases, self.seeds, self.places)]
+
+    def fast_forward(self, n):
+        self.index += n
+
+    @staticmethod
+    def _scrambled_inverse(i, base, seed, places):
+        x, scale, prefix = 0.0, 1.0 / base, 1
+        for _ in range(places):  # every place, leading zeros too: they are scrambled as well
+            i, digit = divmod(i, base)
+            h = _mix64(seed ^ prefix)
+            a = 1 + h % (base - 1) if base > 2 else 1
+            x += ((a * digit + (h >> 32) % base) % base) * scale
+            prefix = prefix * base + digit
+            scale /= base
+        x += scale * base * (_mix64(seed ^ prefix ^ 0x5BD1E995) / 2.0 ** 64)
+        return min(x, 1.0 - 2.0 ** -53)
+
+
+def _mix64(x):
+    """SplitMix64's finaliser: 64 well-mixed bits from an integer."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def first_primes(n):
+    primes = []
+    candidate = 2
+    while len(primes) < n:
+        if all(candidate % p for p in primes if p * p <= candidate):
+            primes.append(candidate)
+        candidate += 1
+    return primes
+
+
+SAMPLERS = ("grid", "random", "quasirandom")
+
+
+# ----------------------------------------------------------------------------------------------
 # Runs and their commands
 # ----------------------------------------------------------------------------------------------
 
-PENDING, RUNNING, FINISHED, UNFINISHED, FAILED, KILLED = (
-    "pending", "running", "finished", "unfinished", "failed", "killed")
-ENDED_STATES = (FINISHED, UNFINISHED, FAILED, KILLED)
+PENDING, RUNNING, FINISHED, UNFINISHED, FAILED, KILLED, STOPPED = (
+    "pending", "running", "finished", "unfinished", "failed", "killed", "stopped")
+# STOPPED: ended by early stopping; like FINISHED, never run again (retry, resume).
+ENDED_STATES = (FINISHED, STOPPED, UNFINISHED, FAILED, KILLED)
+DONE_STATES = (FINISHED, STOPPED)
 # Journal only: a cluster submission under way (written before the submit command runs).
 SUBMITTING = "submitting"
 JOURNAL_STATES = (SUBMITTING, RUNNING) + ENDED_STATES
@@ -815,7 +1065,7 @@ class Run(object):
 
     __slots__ = ("index", "name", "args", "argv", "out_dir", "state", "exit_code", "reason",
                  "summary", "started", "ended", "attempt", "process", "job_id", "killed",
-                 "task_log")
+                 "task_log", "early_stopped")
 
     def __init__(self, index, name, args, argv, out_dir):
         self.index = index        # 0-based position in the run order
@@ -834,6 +1084,7 @@ class Run(object):
         self.job_id = None        # the process id locally, the scheduler's job id on a cluster
         self.killed = False
         self.task_log = None      # where the scheduler logs the run's job array task
+        self.early_stopped = False  # ended by early stopping (state STOPPED)
 
     def shell_command(self):
         """The command as one line a POSIX shell runs identically."""
@@ -989,7 +1240,7 @@ EXIT_COLUMN = "hpsearch_exit_code"
 REASON_COLUMN = "hpsearch_reason"
 # Best first: finished runs, then those that did not finish. States of postprocessing that no
 # launcher writes (running, never started, ...) come after all of these.
-STATE_RANK = {FINISHED: 0, UNFINISHED: 1, FAILED: 2, KILLED: 3}
+STATE_RANK = {FINISHED: 0, STOPPED: 1, UNFINISHED: 2, FAILED: 3, KILLED: 4}
 
 
 def rank_key(state, value, ascending):
@@ -1075,7 +1326,8 @@ LOCK_FILE = ".hpsearch.lock"
 # A run's files in jobs/ while it goes, and their names in its folder afterwards.
 JOB_FILES = collections.OrderedDict([
     (".sh", "hpsearch_command.sh"), (".out", "job_<run>.out"), (".err", "job_<run>.err"),
-    (".scheduler.log", "hpsearch_scheduler.log"), (".exit", "hpsearch_exit_status")])
+    (".scheduler.log", "hpsearch_scheduler.log"), (".exit", "hpsearch_exit_status"),
+    (".progress.jsonl", "hpsearch_progress.jsonl")])
 PER_ATTEMPT_FILES = (".scheduler.log", ".exit")
 # Errors that say the disk under the search folder fails (not that one run's folder does).
 LAUNCHER_DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO)
@@ -1305,6 +1557,8 @@ class SearchFolder(object):
             "performance_sort_asc": config.performance_sort_asc,
             "arg_keys": list(arg_keys),
             "scheduler": args.scheduler if args.run_cluster else None,
+            "early_stopping": {name: getattr(args, name) for name in EARLY_STOPPING_FLAGS}
+            if args.early_stopping != "none" else None,
             "command_prefix": prefix,
             "runs": [{"index": r.index, "name": r.name, "out_dir": r.name,
                       "args": json_safe(r.args), "arguments": r.argv[len(prefix) + 1:]}
@@ -1661,6 +1915,7 @@ class Backend(object):
     ``recheck_in()``    seconds until ``slot()`` may change without a run ending (None: never);
     ``running()``       how many runs it has going; ``stop()`` ends every run still going;
     ``abandon()``       the launcher cannot go on: end what must not run unwatched;
+    ``going()``         the runs under way; ``end_run(run, why)`` ends one of them now;
     ``attach(run, id)`` (clusters) follows a job an earlier launcher submitted.
 
     A backend writes a run's start into the journal itself, as soon as it knows how to find
@@ -1676,6 +1931,14 @@ class Backend(object):
         """Why no run can start although runs wait: ``[(kind, text, short text)]``; [] when
         only the backend's own limit (slots, --num_jobs) holds them."""
         return []
+
+    def going(self):
+        """The runs under way (started or submitted)."""
+        raise NotImplementedError
+
+    def end_run(self, run, reason):
+        """End one run early (early stopping): it is reported by ``wait`` as it ends."""
+        raise NotImplementedError
 
     def abandon(self):
         """What the user must know: which runs were stopped or left going."""
@@ -2042,20 +2305,28 @@ class LocalBackend(Backend):
         write_command_file(self.folder.job_file(run, ".sh"), run, self.cwd, token)
         return True
 
+    def end_run(self, run, reason):
+        """End one run: SIGTERM to its process group now, SIGKILL after a grace."""
+        if run.killed or run.name not in self.active:
+            return
+        run.killed, run.reason = True, reason
+        signal_group(run.job_id, signal.SIGTERM)
+        self.deadlines[run.name] = now() + self.TIMEOUT_GRACE
+
     def _enforce_timeouts(self):
-        """SIGTERM to runs past --run_timeout, SIGKILL to those still there after a grace."""
+        """End runs past --run_timeout; SIGKILL to those still there after the grace."""
         for name, deadline in list(self.deadlines.items()):
             if now() < deadline:
                 continue
             run = self.active[name][0]
             if not run.killed:
-                run.killed = True
-                run.reason = "ran longer than --run_timeout=%gs" % self.run_timeout
-                signal_group(run.job_id, signal.SIGTERM)
-                self.deadlines[name] = now() + self.TIMEOUT_GRACE
+                self.end_run(run, "ran longer than --run_timeout=%gs" % self.run_timeout)
             else:
                 signal_group(run.job_id, signal.SIGKILL)
                 del self.deadlines[name]
+
+    def going(self):
+        return [run for run, _ in self.active.values()]
 
     def _reap(self):
         """Runs that ended (their processes reaped), including those that never started."""
@@ -2234,7 +2505,12 @@ class Scheduler(object):
         raise NotImplementedError
 
     def cancel_argv(self, job_ids):
+        """One command cancelling all these jobs (an array task cancels its whole array)."""
         raise NotImplementedError
+
+    def cancel_one_argv(self, job_id):
+        """A command cancelling this one job or array task alone."""
+        return [self.cancel_argv([])[0], job_id]
 
     def find_argv(self, names):
         """Command line listing our jobs with their names (queued, running or just ended)."""
@@ -2496,6 +2772,10 @@ class Sge(Scheduler):
     def cancel_argv(self, job_ids):
         return ["qdel"] + sorted({j.split(".")[0] for j in job_ids})
 
+    def cancel_one_argv(self, job_id):
+        number, _, task = job_id.partition(".")
+        return ["qdel", number] + (["-t", task] if task else [])
+
     def explain(self, job_id):
         number, _, task = job_id.partition(".")
         argv = ["qacct", "-j", number] + (["-t", task] if task else [])
@@ -2656,8 +2936,21 @@ class ClusterBackend(Backend):
             if code is not None:
                 run.exit_code = code
                 if code > 128:  # the job shell's way of saying "ended by signal code-128"
-                    run.killed, run.reason = True, "killed by signal %d" % (code - 128)
+                    run.killed = True
+                    run.reason = run.reason or "killed by signal %d" % (code - 128)
                 self._end(job_id)
+
+    def going(self):
+        return list(self.active.values())
+
+    def end_run(self, run, reason):
+        """Cancel one job (early stopping); its end is noticed as any other."""
+        if run.killed or run.job_id not in self.active:
+            return
+        run.killed, run.reason = True, reason
+        code, _, err = run_scheduler(self.scheduler.cancel_one_argv(run.job_id), env=self.env)
+        if code != 0:
+            warn("cancelling job %s of %s: %s" % (run.job_id, run.name, _first_line(err)))
 
     def _end(self, job_id):
         self.vanished.pop(job_id, None)
@@ -2723,9 +3016,12 @@ class ClusterBackend(Backend):
                 if state == JOB_STUCK:
                     given_up.append(job_id)
                 run = self.active[job_id]
-                why = self.scheduler.explain(job_id)
-                run.exit_code, run.killed = None, True
-                run.reason = "killed by the scheduler: %s%s" % (detail, "; " + why if why else "")
+                run.exit_code = None
+                if not run.killed:  # not ended by us (early stopping): the scheduler did it
+                    why = self.scheduler.explain(job_id)
+                    run.killed = True
+                    run.reason = "killed by the scheduler: %s%s" % (
+                        detail, "; " + why if why else "")
                 self._end(job_id)
         if given_up:  # a job that can never run would otherwise stay queued for good
             run_scheduler(self.scheduler.cancel_argv(given_up), env=self.env)
@@ -2881,6 +3177,171 @@ def _duration(seconds):
 
 
 # ----------------------------------------------------------------------------------------------
+# Early stopping: asynchronous successive halving (--early_stopping=asha)
+# ----------------------------------------------------------------------------------------------
+#
+# Training scripts written for hypnettorch rewrite their summary file while they train
+# ('finished 0' and the values so far, with the step in --es_step_key). hpsearch reads a running
+# run's summary when it changes, keeps what it saw (hpsearch_progress.jsonl), and at the rungs
+# R, R*eta, R*eta^2, ... below --es_max_step compares the run with every run that reached that
+# rung so far: a run worse than their (1 - 1/eta) quantile is stopped. Nothing ever waits for
+# other runs (Li et al., "A system for massively parallel hyperparameter tuning", MLSys 2020).
+# RungTable decides from what was recorded; EarlyStopping watches the runs and feeds it.
+
+
+def rung_steps(min_step, max_step, eta):
+    """R, R*eta, R*eta^2, ... below ``max_step`` (runs that reach it are never stopped)."""
+    rungs, step = [], min_step
+    while step < max_step:
+        rungs.append(step)
+        step *= eta
+    return rungs
+
+
+def quantile(values, q):
+    """The q-quantile of ``values`` (linear between the two nearest, as numpy's default)."""
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q
+    low = int(math.floor(at))
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+class RungTable(object):
+    """The values recorded at each rung, and one verdict per report: a pure function of what
+    was recorded, so it can be tested (and rebuilt on --resume) without any process."""
+
+    def __init__(self, min_step, max_step, eta, ascending):
+        self.rungs = rung_steps(min_step, max_step, eta)
+        self.max_step = max_step
+        self.keep_share = 1.0 / eta
+        self.sign = -1.0 if ascending else 1.0   # scores: higher is better
+        self.scores = {rung: [] for rung in self.rungs}
+        self.reached = collections.defaultdict(set)   # run name -> rungs recorded
+
+    def report(self, name, step, value):
+        """Run ``name`` reports ``value`` at ``step``. Its value is recorded at each rung it
+        reaches for the first time (its own value included in the comparison); returns
+        ``(rung, cutoff)`` when it is worse than the cutoff of one of them, else None. A run
+        that has reached the last step is never stopped."""
+        verdict = None
+        score = self.sign * value
+        for rung in self.rungs:
+            if step < rung or rung in self.reached[name]:
+                continue
+            self.reached[name].add(rung)
+            self.scores[rung].append(score)
+            cutoff = quantile(self.scores[rung], 1.0 - self.keep_share)
+            if verdict is None and score < cutoff:
+                verdict = (rung, self.sign * cutoff)
+        return None if step >= self.max_step else verdict
+
+
+class EarlyStopping(object):
+    """Watches the summaries of running runs (a look every ``interval`` seconds; a file is
+    read only when it changed), keeps each run's history in jobs/<run>.progress.jsonl (it
+    moves into the run folder with the logs) and says which runs to stop."""
+
+    def __init__(self, config, folder, table, step_key, interval):
+        self.config = config
+        self.folder = folder
+        self.table = table
+        self.step_key = step_key
+        self.interval = interval
+        self.next_look = now()
+        self.seen = {}   # run name -> what its summary looked like when last read
+
+    def recheck_in(self):
+        return max(0.0, self.next_look - now())
+
+    def review(self, runs):
+        """``[(run, reason)]``: the runs whose latest report puts them below a rung's cutoff."""
+        if now() < self.next_look:
+            return []
+        self.next_look = now() + self.interval
+        stops = []
+        for run in runs:
+            reason = self.look(run)
+            if reason and not run.killed:
+                stops.append((run, reason))
+        return stops
+
+    def look(self, run, summary=None):
+        """Read the run's summary if it changed (or take ``summary``, its last one), keep it
+        in the history and report it to the table; the reason to stop it, or None."""
+        if summary is None:
+            summary = self._changed_summary(run)
+            if summary is None:
+                return None
+        step = _number(summary.get(self.step_key))
+        value = _number(summary.get(self.config.performance_key))
+        append_line(self.folder.job_file(run, ".progress.jsonl"), json.dumps(
+            {"time": round(time.time(), 3), "step": step, "values": json_safe(summary)}))
+        verdict = None if step is None or value is None \
+            else self.table.report(run.name, step, value)
+        if verdict is None:
+            return None
+        rung, cutoff = verdict
+        return "early stopping at %s %s: %s %s worse than %s" % (
+            self.step_key, "%g" % rung, self.config.performance_key, "%.6g" % value,
+            "%.6g" % cutoff)
+
+    def _changed_summary(self, run):
+        """The run's summary when it changed since the last look, else None."""
+        path = os.path.join(run.out_dir, self.config.summary_filename)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if self.config.summary_parser is None and (stamp is None or
+                                                   self.seen.get(run.name) == stamp):
+            return None
+        summary = collect_summary(self.config, run)
+        mark = stamp if self.config.summary_parser is None else summary
+        if not summary or self.seen.get(run.name) == mark:
+            return None
+        self.seen[run.name] = mark
+        return summary
+
+    def rebuild(self, runs):
+        """--resume: the rungs as the runs' histories fill them (wherever each run's history
+        is now: its folder, TO_BE_DELETED or jobs/)."""
+        for run in runs:
+            found, _ = self.folder.find_run_dir(run)
+            places = [os.path.join(found, JOB_FILES[".progress.jsonl"])] if found else []
+            places.append(self.folder.job_file(run, ".progress.jsonl"))
+            for line in _read_lines(next((p for p in places if os.path.isfile(p)), None)):
+                try:
+                    entry = json.loads(line)
+                    step = _number(entry["step"])
+                    value = _number(entry["values"].get(self.config.performance_key))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                if step is not None and value is not None:
+                    self.table.report(run.name, step, value)
+
+
+def _number(value):
+    """A summary value as a finite number, or None."""
+    try:
+        x = float(unwrap(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _read_lines(path):
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            return [line.decode("utf-8", "replace") for line in f]
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------------------------
 # The search loop
 # ----------------------------------------------------------------------------------------------
 
@@ -2918,8 +3379,9 @@ class Search(object):
     SIGNAL_CHECK = 0.5
 
     def __init__(self, config, folder, runs, backend, results, progress, signals,
-                 max_retries=0):
+                 max_retries=0, early_stopping=None):
         self.config = config
+        self.early_stopping = early_stopping   # an EarlyStopping, or None
         self.folder = folder
         self.runs = runs
         self.backend = backend
@@ -2940,16 +3402,25 @@ class Search(object):
             self._record_ended()
             self._start_what_fits()
             if pending or self.backend.running():
-                timeout = self.backend.recheck_in()
-                timeout = self.SIGNAL_CHECK if timeout is None else min(timeout,
-                                                                         self.SIGNAL_CHECK)
-                self.unrecorded = self.backend.wait(timeout)
+                waits = [self.SIGNAL_CHECK, self.backend.recheck_in()]
+                if self.early_stopping is not None:
+                    waits.append(self.early_stopping.recheck_in())
+                self.unrecorded = self.backend.wait(min(w for w in waits if w is not None))
+            self._stop_the_hopeless()
             self.progress.show()
         self._record_ended()
         if not self.signals:
             return True
         self._stop_running()
         return False
+
+    def _stop_the_hopeless(self):
+        """Early stopping: end the runs whose latest report puts them below a rung's cutoff."""
+        if self.early_stopping is None:
+            return
+        for run, reason in self.early_stopping.review(self.backend.going()):
+            run.early_stopped = True
+            self.backend.end_run(run, reason)
 
     def _start_what_fits(self):
         while self.pending:
@@ -3021,7 +3492,7 @@ class Search(object):
 
     def _start(self, run, token):
         run.state, run.started = RUNNING, time.time()
-        run.exit_code, run.reason, run.killed = None, "", False
+        run.exit_code, run.reason, run.killed, run.early_stopped = None, "", False, False
         self.progress.run_started()
         self.progress.waiting_for = ""
         if self.backend.start(run, token):
@@ -3033,17 +3504,23 @@ class Search(object):
     def _finish(self, run):
         run.ended = time.time()
         run.summary = collect_summary(self.config, run) if os.path.isdir(run.out_dir) else None
-        if run.killed:
+        if self.early_stopping is not None and run.summary:
+            self.early_stopping.look(run, run.summary)  # its last report, into its history
+        if run.early_stopped and not (run.exit_code == 0 and is_finished(run.summary)):
+            run.state = STOPPED   # (one that finished as it was being stopped stays finished)
+        elif run.killed and not run.early_stopped:
             run.state = KILLED
         elif run.exit_code == 0:
             run.state = FINISHED if is_finished(run.summary) else UNFINISHED
         else:
             run.state = FAILED
+        if run.state == FINISHED:
+            run.reason = ""
         self.folder.keep_run_files(run)
         log = self._explain_end(run)
         self.folder.log_state(run)
-        if (run.state != FINISHED and run.attempt <= self.max_retries and not self.signals
-                and not self.stopping):
+        if (run.state not in DONE_STATES and run.attempt <= self.max_retries
+                and not self.signals and not self.stopping):
             self.progress.log("%s; trying again (%d of %d retries)" % (
                 self._end_line(run, log), run.attempt, self.max_retries))
             self.folder.set_aside(run)
@@ -3060,7 +3537,7 @@ class Search(object):
         """Give a run that did not finish its reason (unless the backend gave one): the last
         line of its stderr (or stdout) for a failure, what the summary lacked for an
         unfinished run. Returns the log to look at (None for a finished run)."""
-        if run.state == FINISHED:
+        if run.state in DONE_STATES:
             return None
         err = self.folder.log_of(run, ".err")
         if run.state == UNFINISHED:
@@ -3157,7 +3634,7 @@ class SearchStatus(object):
     def text(self):
         states = collections.OrderedDict((r.name, self.state_of(r)) for r in self.runs)
         counts = collections.Counter(state for state, _ in states.values())
-        order = [FINISHED, RUNNING, "waiting", UNFINISHED, FAILED, KILLED]
+        order = [FINISHED, RUNNING, "waiting", STOPPED, UNFINISHED, FAILED, KILLED]
         lines = ["search %s: %s; %s" % (self.folder.path, plural(len(self.runs), "run"),
                                         self.launcher()),
                  "  " + ", ".join("%s %d" % (s, counts[s]) for s in order)]
@@ -3305,9 +3782,14 @@ def build_parser():
                         "search there are renamed, never deleted).")
     s.add_argument("--num_searches", type=int, default=-1, metavar="N",
                    help="Run at most N configurations (-1: all).")
+    s.add_argument("--sampler", type=str, default="grid", choices=SAMPLERS,
+                   help="How configurations are chosen: 'grid' the full product of the grid's "
+                        "lists; 'random' --num_searches distinct random draws; 'quasirandom' "
+                        "--num_searches draws of a scrambled Halton sequence (evener than "
+                        "random). Grid entries that are distributions (uniform, loguniform, "
+                        "randint) need one of the last two.")
     s.add_argument("--dont_generate_full_grid", action="store_true",
-                   help="Draw --num_searches distinct random configurations instead of "
-                        "building the full product of the grid.")
+                   help="The old name of --sampler=random.")
     s.add_argument("--deterministic_search", action="store_true",
                    help="Run configurations in grid order instead of shuffling them.")
     s.add_argument("--random_seed", type=int, default=42, metavar="N",
@@ -3379,6 +3861,23 @@ def build_parser():
     sl.add_argument("--slurm_qos", type=str, default="", help="sbatch --qos ('' leaves it out).")
     sl.add_argument("--slurm_constraint", type=str, default="",
                     help="sbatch --constraint ('' leaves it out).")
+    es = p.add_argument_group("early stopping")
+    es.add_argument("--early_stopping", type=str, default="none", choices=("none", "asha"),
+                    help="'asha': asynchronous successive halving. A running run's summary is "
+                         "read as it changes; at the rungs R, R*eta, R*eta^2, ... below "
+                         "--es_max_step a run worse than the (1 - 1/eta) quantile of the runs "
+                         "that reached that rung is stopped (state 'stopped'). The metric is "
+                         "_PERFORMANCE_KEY in the direction of _PERFORMANCE_SORT_ASC.")
+    es.add_argument("--es_step_key", type=str, default="", metavar="KEY",
+                    help="The summary keyword in which the script reports its current step "
+                         "or epoch (one of _SUMMARY_KEYWORDS).")
+    es.add_argument("--es_min_step", type=float, default=1, metavar="R",
+                    help="The first rung.")
+    es.add_argument("--es_max_step", type=float, default=None, metavar="M",
+                    help="The script's last step: runs that reach it are never stopped.")
+    es.add_argument("--es_eta", type=float, default=3, metavar="ETA",
+                    help="Each rung keeps the best 1/ETA of the runs that reach it; the next "
+                         "rung is ETA times further.")
     st = p.add_argument_group("status of a search")
     st.add_argument("--status", type=str, default="", metavar="SEARCH_DIR",
                     help="Print how the search in SEARCH_DIR stands and exit: runs by state, "
@@ -3427,9 +3926,16 @@ def check_flags(args):
     if args.num_searches == 0 or args.num_searches < -1:
         raise UsageError("--num_searches=%d: give a positive number, or -1 for all"
                          % args.num_searches)
-    if args.dont_generate_full_grid and args.num_searches < 0:
-        raise UsageError("--dont_generate_full_grid needs --num_searches N (how many random "
-                         "configurations to draw)")
+    if args.dont_generate_full_grid:
+        if args.sampler == "quasirandom":
+            raise UsageError("--dont_generate_full_grid is the old name of --sampler=random; "
+                             "give one of them, not --sampler=quasirandom as well")
+        args.sampler = "random"
+    if args.sampler != "grid" and args.num_searches < 0:
+        raise UsageError("%s needs --num_searches N (how many configurations to draw)" % (
+            "--dont_generate_full_grid" if args.dont_generate_full_grid
+            else "--sampler=%s" % args.sampler))
+    check_early_stopping_flags(args)
     if args.max_retries < 0 or args.run_timeout < 0:
         raise UsageError("--max_retries and --run_timeout cannot be negative")
     if args.resume and not os.path.isdir(args.resume):
@@ -3444,6 +3950,31 @@ def check_flags(args):
         raise UsageError("--run_cwd %s is not a folder" % args.run_cwd)
     if args.grid_config and not os.path.isfile(args.grid_config):
         raise UsageError("--grid_config: no such file: %s" % args.grid_config)
+
+
+EARLY_STOPPING_FLAGS = ("early_stopping", "es_step_key", "es_min_step", "es_max_step", "es_eta")
+
+
+def check_early_stopping_flags(args):
+    if args.early_stopping == "none":
+        return
+    if not args.es_step_key or args.es_max_step is None:
+        raise UsageError("--early_stopping=asha needs --es_step_key=KEY (the summary keyword "
+                         "holding the step or epoch) and --es_max_step=M (the last step)")
+    if not 0 < args.es_min_step < args.es_max_step or args.es_eta <= 1:
+        raise UsageError("--early_stopping=asha needs 0 < --es_min_step < --es_max_step and "
+                         "--es_eta above 1 (got %g, %g, %g)" % (args.es_min_step,
+                                                                args.es_max_step, args.es_eta))
+
+
+def check_step_key(config, args):
+    """The step keyword must be one the summary reader reads."""
+    if args.early_stopping != "none" and config.summary_parser is None \
+            and args.es_step_key not in config.summary_keywords:
+        raise UsageError("--es_step_key=%s is not one of _SUMMARY_KEYWORDS %r in %s; add it "
+                         "there (and write '%s <step>' into the summary as the run goes)"
+                         % (args.es_step_key, config.summary_keywords, config.source,
+                            args.es_step_key))
 
 
 def choose_slots(args):
@@ -3529,16 +4060,30 @@ def _main(argv):
     return EXIT_OK if prepared is None else run_search(args, *prepared)
 
 
+def check_sampler(config, args):
+    """Distributions are drawn from, never enumerated: they need a sampler that draws."""
+    if args.sampler != "grid":
+        return
+    drawn = [k for k, v in config.grid.items() if isinstance(v, Distribution)]
+    if drawn:
+        raise UsageError("%s: grid[%r] is a distribution (%r), which the grid sampler cannot "
+                         "enumerate; add --sampler=random or --sampler=quasirandom and "
+                         "--num_searches=N" % (config.source, drawn[0], config.grid[drawn[0]]))
+
+
 def new_search(args):
     """Plan a new search and lay out its folder; None after --dry_run."""
     run_cwd = os.path.abspath(args.run_cwd)
     module, source = import_config_module(args.grid_module, [os.getcwd(), run_cwd])
     override = load_grid_override(args.grid_config) if args.grid_config else {}
     config = build_config(module, source, override, run_cwd, check_script=not args.dry_run)
-    space = GridSpace(config.grid, config.conditions)
-    configs = plan_configs(space, args.num_searches, args.dont_generate_full_grid,
-                           args.deterministic_search, args.random_seed)
-    plan = describe_plan(space, configs, args.dont_generate_full_grid)
+    check_sampler(config, args)
+    check_step_key(config, args)
+    space = GridSpace(config.grid, config.conditions, draws=draw_budget(args.num_searches)
+                      if args.sampler != "grid" else 0)
+    configs = plan_configs(space, args.num_searches, args.sampler, args.deterministic_search,
+                           args.random_seed)
+    plan = describe_plan(space, configs, args.sampler)
     if args.dry_run:
         if missing_script(config, run_cwd):  # commands can be looked at all the same
             warn(missing_script(config, run_cwd))
@@ -3585,9 +4130,14 @@ def resume_search(args):
              % (original, copy))
     module, source = import_config_module(copy, [os.getcwd(), run_cwd])
     config = build_config(module, source, {}, run_cwd)
+    check_step_key(config, args)
     runs = runs_from_record(record, folder)
     if record.get("scheduler") and not args.run_cluster:  # a cluster search stays one
         args.run_cluster, args.scheduler = True, record["scheduler"]
+    if args.early_stopping == "none" and isinstance(record.get("early_stopping"), dict):
+        for name in EARLY_STOPPING_FLAGS:  # the search's own early stopping goes on
+            setattr(args, name, record["early_stopping"].get(name, getattr(args, name)))
+        check_early_stopping_flags(args)
     journal = folder.read_journal()
     owner = JournalOwner(folder, record)
     if args.dry_run:  # what would run again, touching nothing
@@ -3711,16 +4261,18 @@ def reattach_jobs(scheduler, folder, runs, journal, owner):
 
 
 def earlier_outcome(config, folder, run, entries):
-    """What an earlier launcher left of ``run``, touching nothing: ``(finished, folder,
+    """What an earlier launcher left of ``run``, touching nothing: ``(done, folder,
     summary, exit_code, watched)``. ``watched``: the journal saw it end; otherwise a cluster
-    job that ended unwatched may have left its exit status in jobs/. Finished means a summary
-    saying 'finished 1' and no failing exit, wherever the folder now is (TO_BE_DELETED too)."""
+    job that ended unwatched may have left its exit status in jobs/. Done means finished (a
+    summary saying 'finished 1' and no failing exit, wherever the folder now is, TO_BE_DELETED
+    too) or stopped by early stopping."""
     found, _ = folder.find_run_dir(run)
     summary = collect_summary(config, run, found) if found else None
     watched = bool(entries) and entries[-1].get("state") in ENDED_STATES
     exit_code = entries[-1].get("exit_code") if watched else folder.recorded_exit_status(run)
     finished = is_finished(summary) and exit_code in (0, None)
-    return finished, found, summary, exit_code, watched
+    stopped = watched and entries[-1]["state"] == STOPPED  # done: never run again
+    return finished or stopped, found, summary, exit_code, watched
 
 
 def restore_states(config, folder, runs, journal, attached):
@@ -3738,8 +4290,10 @@ def restore_states(config, folder, runs, journal, attached):
             config, folder, run, entries)
         if not watched and exit_code is not None:  # a cluster job that ended unwatched
             folder.drop_claim(run)
-        if finished:  # kept where it is
-            run.state, run.out_dir, run.summary, run.exit_code = FINISHED, found, summary, exit_code
+        if finished:  # kept where it is (finished, or stopped early)
+            run.state = STOPPED if watched and entries[-1]["state"] == STOPPED else FINISHED
+            run.out_dir, run.summary, run.exit_code = found or run.out_dir, summary, exit_code
+            run.reason = entries[-1].get("reason", "") if run.state == STOPPED else ""
             if not watched:  # it finished after the launcher died: record that now
                 folder.keep_run_files(run)
                 folder.log_state(run, noticed_on_resume=True)
@@ -3783,13 +4337,28 @@ def run_search(args, config, folder, runs, results, place, run_cwd):
         folder.unlock()
 
 
+def make_early_stopping(args, config, folder, runs, backend):
+    """The EarlyStopping for --early_stopping=asha (None without it): local runs are looked
+    at four times a second, cluster jobs once per --poll_interval (a shared file system)."""
+    if args.early_stopping == "none":
+        return None
+    table = RungTable(args.es_min_step, args.es_max_step, args.es_eta,
+                      config.performance_sort_asc)
+    interval = args.poll_interval if isinstance(backend, ClusterBackend) else 0.25
+    watcher = EarlyStopping(config, folder, table, args.es_step_key, interval)
+    watcher.rebuild(r for r in runs if r.state != PENDING)  # --resume: what was seen before
+    return watcher
+
+
 def _run_search(args, config, folder, runs, results, backend):
     progress = Progress(len(runs))
-    progress.counts[FINISHED] = sum(1 for r in runs if r.state == FINISHED)
+    for state in DONE_STATES:
+        progress.counts[state] = sum(1 for r in runs if r.state == state)
     signals = StopSignals()
     signals.install()
     search = Search(config, folder, runs, backend, results, progress, signals,
-                    max_retries=args.max_retries)
+                    max_retries=args.max_retries,
+                    early_stopping=make_early_stopping(args, config, folder, runs, backend))
     try:
         for run in runs:
             if run.state == RUNNING:  # a cluster job an earlier launcher submitted
@@ -3802,9 +4371,10 @@ def _run_search(args, config, folder, runs, results, backend):
     except OSError as exc:  # the launcher's own files: disk full, read-only, folder gone
         return search.abandon(exc, continue_command(args, folder))
     counts = progress.counts
-    say("hpsearch: %s: %d finished, %d unfinished, %d failed, %d killed. Results: %s" % (
-        "done" if completed else "stopped", counts[FINISHED], counts[UNFINISHED],
-        counts[FAILED], counts[KILLED], folder.results))
+    say("hpsearch: %s: %d finished, %s%d unfinished, %d failed, %d killed. Results: %s" % (
+        "done" if completed else "stopped", counts[FINISHED], "%d stopped early, " %
+        counts[STOPPED] if counts[STOPPED] else "", counts[UNFINISHED], counts[FAILED],
+        counts[KILLED], folder.results))
     if not completed:
         say("hpsearch: to continue this search: %s" % continue_command(args, folder))
         return EXIT_INTERRUPTED
@@ -3823,7 +4393,7 @@ def tell_the_end(config, folder, search):
     if os.path.isfile(post):
         say("hpsearch: tables, seed averages and a report: %s" % " ".join(
             shlex.quote(a) for a in (sys.executable or "python3", post, folder.path)))
-    missed = [r for r in search.runs if r.state != FINISHED]
+    missed = [r for r in search.runs if r.state not in DONE_STATES]
     if not missed:
         return EXIT_OK
     say("hpsearch: %d of %d runs did not finish; each one's reason is above, in %s and in the "
@@ -3840,7 +4410,7 @@ HOW_TO_RUN_FLAGS = (
     "sim_startup_time", "gpu_poll_interval", "max_retries", "run_timeout", "run_cluster",
     "scheduler", "num_jobs", "num_hours", "array", "poll_interval", "scheduler_args",
     "detach", "slurm_mem", "slurm_gres", "slurm_partition", "slurm_qos", "slurm_constraint",
-    "resources")
+    "resources", "early_stopping", "es_step_key", "es_min_step", "es_max_step", "es_eta")
 
 
 def continue_command(args, folder):
@@ -3857,4 +4427,6 @@ def continue_command(args, folder):
 
 
 if __name__ == "__main__":
+    # A config's "from hpsearch import uniform" gets this very module, not a second copy.
+    sys.modules.setdefault("hpsearch", sys.modules[__name__])
     sys.exit(main())

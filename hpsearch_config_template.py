@@ -42,6 +42,15 @@ import os
 #     format the script parses, e.g. '100,100'.
 #
 # Do not put _OUT_ARG ('out_dir') in the grid: hpsearch gives each run its own folder.
+#
+# Instead of a list, an entry may be a distribution to draw from, with --sampler=random or
+# --sampler=quasirandom and --num_searches=N (the grid sampler refuses them):
+#
+#   from hpsearch import uniform, loguniform, randint, choice
+#   grid = {'lr': loguniform(1e-5, 1e-1),      # floats, evenly on a log scale
+#           'dropout': uniform(0.0, 0.5),      # floats, evenly
+#           'layers': randint(1, 4),           # integers 1, 2, 3 or 4
+#           'optimizer': choice(['sgd', 'adam'])}  # a list: each value equally likely
 grid = {
     'lr': [0.001, 0.01],
     'batch_size': [32, 128],

@@ -45,7 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hpsearch  # noqa: E402  (the folder above must come first on sys.path)
 from hpsearch import (  # noqa: E402
-    CONFIG_DEFAULTS, ENDED_STATES, FAILED, FINISHED, KILLED, RUNNING, UNFINISHED, ResultsTable,
+    CONFIG_DEFAULTS, ENDED_STATES, FAILED, FINISHED, KILLED, RUNNING, STOPPED, UNFINISHED,
+    ResultsTable,
     Run, SearchConfig, SearchFolder, UsageError, atomic_write_text, build_argv, build_config,
     collect_summary, command_prefix, format_cell, import_config_module, is_finished,
     last_line_of, one_line, process_start_time, rank_key, render_token, sort_number,
@@ -62,9 +63,10 @@ PICKLE_NAME = "commands.pickle"
 # States beyond hpsearch's own: a run that ended but whose folder is gone, and one never run.
 MISSING = "missing"
 NOT_STARTED = "not_started"
-STATE_ORDER = (FINISHED, UNFINISHED, FAILED, KILLED, RUNNING, MISSING, NOT_STARTED)
+STATE_ORDER = (FINISHED, STOPPED, UNFINISHED, FAILED, KILLED, RUNNING, MISSING, NOT_STARTED)
 STATE_LABELS = {
     FINISHED: "finished",
+    STOPPED: "stopped early (early stopping)",
     UNFINISHED: "unfinished (stopped before finishing)",
     FAILED: "failed",
     KILLED: "killed",
@@ -400,7 +402,7 @@ def survey_run(run, config, search_path, entries, local=False, owner=None, journ
         run.state = RUNNING
         if local and process_gone(last):
             run.notes.append("its process is gone (launcher stopped? hpsearch.py --resume)")
-    elif logged in (FAILED, KILLED):
+    elif logged in (STOPPED, FAILED, KILLED):
         run.state = logged
     elif folder is None:
         run.state = MISSING if logged in (FINISHED, UNFINISHED) else NOT_STARTED
@@ -420,7 +422,7 @@ def reason_of(run, config, search, logged, recorded, journaled):
         return ""
     if state == RUNNING:
         return "; ".join(run.notes)
-    if recorded and state in (UNFINISHED, FAILED, KILLED) and logged == state:
+    if recorded and state in (STOPPED, UNFINISHED, FAILED, KILLED) and logged == state:
         return recorded
     if state == UNFINISHED:
         return why_unfinished(config, run)
@@ -832,13 +834,14 @@ def top_table(view, ranked, k):
 
 
 def not_finished(runs):
-    """The runs that ended without finishing or never ran (running runs are not done yet)."""
-    return [r for r in runs if r.state not in (FINISHED, RUNNING)]
+    """The runs that ended without finishing or never ran (running runs are not done yet;
+    runs stopped early are done: never run again)."""
+    return [r for r in runs if r.state not in (FINISHED, STOPPED, RUNNING)]
 
 
 def state_text(run):
     """``failed (exit 1)``: the state and, for a run that ended, its exit code."""
-    if run.exit_code is None or run.state not in (UNFINISHED, FAILED, KILLED):
+    if run.exit_code is None or run.state not in (STOPPED, UNFINISHED, FAILED, KILLED):
         return run.state
     return "%s (exit %s)" % (run.state, format_cell(run.exit_code))
 
@@ -945,7 +948,8 @@ def print_report(view, ranked, k, out=None):
 # ----------------------------------------------------------------------------------------------
 
 STATE_COLORS = {
-    FINISHED: "#2ca02c", UNFINISHED: "#ff7f0e", FAILED: "#d62728", KILLED: "#9467bd",
+    FINISHED: "#2ca02c", STOPPED: "#bcbd22", UNFINISHED: "#ff7f0e", FAILED: "#d62728",
+    KILLED: "#9467bd",
     RUNNING: "#1f77b4", MISSING: "#7f7f7f", NOT_STARTED: "#c7c7c7",
 }
 TABLE_ROWS = 1000       # rows of the results table shown (the CSV has all)

@@ -4,10 +4,13 @@ Paths of the project, the ``hpsearch`` module, a config module for ``bench/sleep
 runs, the environment line printed first and the PASS/FAIL report printed last.
 """
 
+import contextlib
 import os
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -74,3 +77,47 @@ def report(checks):
         print("%s: %s (%s)" % ("PASS" if ok else "FAIL", name, figure))
         failed += not ok
     return 1 if failed else 0
+
+
+def l2_star_discrepancy(points):
+    """L2-star discrepancy of points in [0, 1)^d (Warnock's formula)."""
+    n = len(points)
+    d = len(points[0])
+    single = 0.0
+    for p in points:
+        prod = 1.0
+        for x in p:
+            prod *= 1.0 - x * x
+        single += prod
+    # Pairs: prod_k (1 - max(x_ik, x_jk)) = prod_k min(1 - x_ik, 1 - x_jk); one column at a time.
+    cols = [[1.0 - p[k] for p in points] for k in range(d)]
+    pairs = 0.0
+    for i in range(n):
+        prods = None
+        for col in cols:
+            a = col[i]
+            rest = col[i + 1:]
+            if prods is None:
+                prods = [b if b < a else a for b in rest]
+            else:
+                prods = [q * (b if b < a else a) for q, b in zip(prods, rest)]
+        diag = 1.0
+        for col in cols:
+            diag *= col[i]
+        pairs += diag + 2.0 * sum(prods)
+    squared = 3.0 ** -d - 2.0 ** (1 - d) / n * single + pairs / float(n * n)
+    return max(squared, 0.0) ** 0.5
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix, keep=False):
+    """A temporary folder for one benchmark run, removed afterwards (``keep``: kept, and
+    its path printed)."""
+    base = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield base
+    finally:
+        if keep:
+            print("kept %s" % base)
+        else:
+            shutil.rmtree(base, ignore_errors=True)

@@ -27,14 +27,12 @@ The folders are made under a temporary folder and removed afterwards (``--keep``
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from _common import ROOT, environment, report
+from _common import ROOT, environment, report, scratch_folder
 
 POST = os.path.join(ROOT, "hpsearch_postprocessing.py")
 SIZES = (10000, 20000)
@@ -130,8 +128,7 @@ def check_output(path, n):
 def main():
     keep = "--keep" in sys.argv[1:]
     print("bench_postprocessing: " + environment())
-    base = tempfile.mkdtemp(prefix="bench_postprocessing_")
-    try:
+    with scratch_folder("bench_postprocessing_", keep) as base:
         paths = {}
         for n in SIZES:
             t0 = time.perf_counter()
@@ -169,11 +166,6 @@ def main():
              ratio <= TARGET_RATIO, "%.2f" % ratio),
         ]
         return report(checks)
-    finally:
-        if keep:
-            print("kept %s" % base)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

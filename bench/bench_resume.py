@@ -23,6 +23,7 @@ the format-2 folder and its copy within 1.15x of the format-1 folder's CPU time 
 costs nothing worth noting). Exit status 1 if a target is missed.
 """
 
+import csv
 import json
 import os
 import resource
@@ -30,10 +31,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from _common import HPSEARCH, environment, report
+from _common import HPSEARCH, environment, report, scratch_folder
 
 SIZES = (10000, 20000)
 REPEATS = 5
@@ -114,8 +114,8 @@ def measure(path):
 
 def check_table(path, n):
     """The resumed search's table has a finished row per run (what was timed did the work)."""
-    with open(os.path.join(path, "search_results.csv")) as f:
-        rows = [line for line in f.read().splitlines()[1:] if line.endswith(";finished;0")]
+    with open(os.path.join(path, "search_results.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f, delimiter=";") if r["hpsearch_state"] == "finished"]
     if len(rows) != n:
         raise SystemExit("bench_resume: %s has %d finished rows, expected %d"
                          % (path, len(rows), n))
@@ -124,8 +124,7 @@ def check_table(path, n):
 def main():
     keep = "--keep" in sys.argv[1:]
     print("bench_resume: " + environment())
-    base = tempfile.mkdtemp(prefix="bench_resume_")
-    try:
+    with scratch_folder("bench_resume_", keep) as base:
         cases = {"%d runs, format 2" % n: (n, synthesize(base, n, 2)) for n in SIZES}
         big = SIZES[-1]
         cases["%d runs, format 1" % big] = (big, synthesize(base, big, 1))
@@ -163,11 +162,6 @@ def main():
              cpu[moved] / cpu[old] <= TARGET_FORMAT, "%.2f" % (cpu[moved] / cpu[old])),
         ]
         return report(checks)
-    finally:
-        if keep:
-            print("kept %s" % base)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Knobs (as grid keys): ``--acc=X`` ``--loss=X`` ``--finished=X`` ``--exit=N`` ``-
 """
 
 import csv
+import inspect
 import json
 import os
 import subprocess
@@ -37,14 +38,6 @@ if REPO not in sys.path:
 SUMMARY_FILENAME = "performance_overview.txt"
 SUMMARY_KEYWORDS = ["acc", "loss", "finished"]
 DEFAULT_GRID = {"acc": [0.25, 0.75], "seed": [1, 2]}
-
-# What the tests' training scripts share: a script's text starts with SCRIPT_TOOLS.
-SCRIPT_TOOLS = r'''
-import json
-import os
-import sys
-import time
-
 
 def options(argv):
     """``--key=value`` -> {key: 'value'}, ``--flag`` -> {flag: True}."""
@@ -66,13 +59,14 @@ def append_line(path, line):
         os.close(fd)
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LEDGER = os.path.join(HERE, "ledger")   # what a script notes for its test: note(file, line)
-
-
-def note(name, line):
-    append_line(os.path.join(LEDGER, name), line)
-'''
+# What the tests' training scripts share: a script's text starts with SCRIPT_TOOLS (the two
+# functions above, as source, and note(), which writes into the ledger folder beside the script).
+SCRIPT_TOOLS = "\n".join([
+    "import json", "import os", "import sys", "import time", "", ""]
+    + [inspect.getsource(f) + "\n" for f in (options, append_line)] + [
+    "HERE = os.path.dirname(os.path.abspath(__file__))",
+    "LEDGER = os.path.join(HERE, 'ledger')   # what a script notes for its test",
+    "", "", "def note(name, line):", "    append_line(os.path.join(LEDGER, name), line)", ""])
 
 DEFAULT_SCRIPT = SCRIPT_TOOLS + r'''
 OUT_ARG = "out_dir"

@@ -837,7 +837,7 @@ def test_html_report_renders_in_chromium(tmp_path):
     rc, dom, err = chromium(binary, url, "--dump-dom")
     assert rc == 0, err[-2000:]
     assert dom.count('class="pt"') == HTML_POINTS, dom[:2000]
-    assert dom.count('class="bar"') == len(STATES)
+    assert dom.count('class="bar"') == len(STATES) + 1   # a bar per state, 'stopped' too
 
     png = os.path.join(str(tmp_path), "report.png")
     # The full page layout (1200 x 2000 CSS pixels) at half scale: quick to decode here.

@@ -242,8 +242,8 @@ def test_status_of_a_running_search_and_of_an_ended_one(tmp_path):
         lines = out.splitlines()
         assert lines[0].startswith("search %s: 5 runs; launcher running (pid %d)"
                                    % (search, proc.pid)), out
-        assert lines[1] == "  finished 1, running 2, waiting 2, unfinished 0, failed 0, " \
-                           "killed 0", out
+        assert lines[1] == ("  finished 1, running 2, waiting 2, stopped 0, unfinished 0, "
+                            "failed 0, killed 0"), out
         going = [l for l in lines if re.match(r"    sim_\d+_\d  0:\d\d  pid \d+$", l)]
         assert len(going) == 2, out
         assert re.search(r"  best so far: sim_\d+_1, acc=0.9 \(%s/sim_\d+_1\)" % re.escape(
