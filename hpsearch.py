@@ -19,6 +19,7 @@ import errno
 import fcntl
 import hashlib
 import pwd
+import re
 import importlib
 import importlib.util
 import io
@@ -1479,6 +1480,10 @@ class SearchFolder(object):
             return os.path.join(self.jobs, "%s.a%d%s" % (run.name, run.attempt, suffix))
         return os.path.join(self.jobs, run.name + suffix)
 
+    def stop_path(self, run):
+        """The file that ends a run sharing its job with others (its job script watches)."""
+        return os.path.join(self.jobs, "%s.a%d.stop" % (run.name, run.attempt))
+
     def claim_stem(self, run):
         """Claims are ``<claim_stem><attempt>.claimed``."""
         return os.path.join(self.jobs, "%s.attempt" % run.name)
@@ -1710,6 +1715,13 @@ def relative_to(folder, path):
     """``path`` relative to ``folder`` when it is inside it, else as it is."""
     rel = os.path.relpath(path, folder)
     return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _listdir(path):
@@ -2388,15 +2400,19 @@ def write_command_file(path, run, cwd, env):
     atomic_write_text(path, "\n".join(lines) + "\n", durable=False)
 
 
-def write_job_script(path, run, cwd, files, claim_stem):
+def write_job_script(path, run, cwd, files, claim_stem, stop_file=None):
     """A cluster job's script: it claims its attempt first (``mkdir <claim_stem><k>.claimed``,
     k given as $1 by a job array, else this attempt), so a stale job of an attempt that was
     called off or has already run exits without starting anything; then it runs the command
     with its output in ``files['.out']``/``['.err']`` and writes its exit status to
-    ``files['.exit']``."""
+    ``files['.exit']``. ``stop_file``: for a run that shares its job with others (no job of
+    its own to cancel), the command is ended (SIGTERM, SIGKILL 10 s later) when that file
+    appears; the job then goes on with its next run."""
     q = shlex.quote
     exit_file = files[".exit"]
     claim = q(claim_stem) + '"$attempt"' + q(".claimed")
+    command = "%s < /dev/null > %s 2> %s" % (run.shell_command(), q(files[".out"]),
+                                             q(files[".err"]))
     lines = [
         "#!/bin/sh",
         "# hpsearch: run %s, attempt %d (a job array passes the attempt as $1)"
@@ -2406,10 +2422,29 @@ def write_job_script(path, run, cwd, files, claim_stem):
         "    echo \"hpsearch: attempt $attempt of %s was called off or has already started; "
         "not starting it (again)\" >&2" % run.name,
         "    exit 0",
-        "fi",
-        "cd %s && %s < /dev/null > %s 2> %s" % (
-            q(cwd), run.shell_command(), q(files[".out"]), q(files[".err"])),
-        "status=$?",
+        "fi"]
+    if stop_file is None:
+        lines += ["cd %s && %s" % (q(cwd), command), "status=$?"]
+    else:
+        stop = q(stop_file)
+        lines += [
+            "if cd %s; then" % q(cwd),
+            "    %s &" % command,
+            "    pid=$!",
+            "    (while kill -0 \"$pid\" 2>/dev/null; do",
+            "        if [ -e %s ]; then" % stop,
+            "            kill -TERM \"$pid\"; sleep 10; kill -KILL \"$pid\" 2>/dev/null; exit 0",
+            "        fi",
+            "        sleep 1",
+            "    done) &",
+            "    watcher=$!",
+            "    wait \"$pid\"",
+            "    status=$?",
+            "    kill \"$watcher\" 2>/dev/null",
+            "else",
+            "    status=1",
+            "fi"]
+    lines += [
         "echo \"$status\" > %s && mv -f %s %s" % (
             q(exit_file + ".tmp"), q(exit_file + ".tmp"), q(exit_file)),
         "exit \"$status\""]
@@ -2435,13 +2470,16 @@ class SchedulerError(Exception):
 JOB_ACTIVE, JOB_ENDED, JOB_STUCK = "active", "ended", "stuck"
 
 
-def run_scheduler(argv, env=None, timeout=120):
-    """Run a scheduler command; ``(returncode, stdout, stderr)``. SchedulerError if it cannot
-    be run at all."""
+def run_scheduler(argv, env=None, timeout=120, stdin_text=None):
+    """Run a scheduler command (``stdin_text``: what it reads); ``(returncode, stdout,
+    stderr)``. SchedulerError if it cannot be run at all."""
     try:
+        # In a session of its own: a signal to the launcher's job (LSF -wa, Grid Engine's
+        # s_rt warning go to its whole process group) must not kill a submission midway.
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, env=env, timeout=timeout,
-                              universal_newlines=True)
+                              input=stdin_text, stdin=None if stdin_text is not None
+                              else subprocess.DEVNULL, env=env, timeout=timeout,
+                              universal_newlines=True, start_new_session=True)
     except OSError as exc:
         raise SchedulerError("cannot run %s: %s" % (argv[0], exc.strerror))
     except subprocess.TimeoutExpired:
@@ -2470,8 +2508,12 @@ class Scheduler(object):
         self.args = args
         self.extra = shlex.split(args.scheduler_args)
 
+    # Set for the submit command only (a scheduler that would otherwise wait inside it).
+    submit_env = {}
+
     def clean_env(self):
         env = dict(os.environ)
+        env.pop(RESUME_VARIABLE, None)   # for the launcher, not for the jobs it submits
         for key in list(env):
             ours = key in self.job_env_names or key.startswith(self.job_env_prefixes)
             if ours and key not in self.job_env_keep:
@@ -2525,6 +2567,28 @@ class Scheduler(object):
         """Why a job left the queue without an exit status, where the scheduler can say."""
         return ""
 
+    # The cluster's own limits, read, not assumed.
+    limit_argv = ()            # the command that prints the largest job array allowed
+    limit_pattern = ""         # a regular expression whose group 1 is that number
+    # Refusals that mean "not now" (a per-user or per-account limit), not "never".
+    limit_refusals = ()
+
+    def array_limit(self):
+        """The most tasks one job array may have here: read from the cluster, or the
+        scheduler's default when it does not say."""
+        try:
+            code, out, _ = run_scheduler(list(self.limit_argv), timeout=30)
+            found = re.search(self.limit_pattern, out, re.M) if code == 0 else None
+            number = int(found.group(1)) if found else 0
+        except (SchedulerError, ValueError):
+            number = 0
+        return number if number > 0 else self.max_array
+
+    def limit_refusal(self, message):
+        """Whether a refused submission only means "too many of your jobs right now"."""
+        text = message.lower()
+        return any(words in text for words in self.limit_refusals)
+
 
 def _parse_id_name_lines(stdout, tool):
     """``{name: id}`` from ``id|name`` lines."""
@@ -2558,6 +2622,10 @@ class Slurm(Scheduler):
     task_variable = "SLURM_ARRAY_TASK_ID"
     task_pattern = "%a"
     first_task = 0
+    limit_argv = ("scontrol", "show", "config")
+    limit_pattern = r"^MaxArraySize\s*=\s*(\d+)"   # indices 0 to N-1: N tasks
+    limit_refusals = ("qosmaxsubmitjob", "assocmaxsubmitjob", "job submit limit",
+                      "maxsubmitjobs", "grpsubmitjobs")
     ACTIVE_STATES = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED",
                      "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING",
                      "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
@@ -2636,6 +2704,12 @@ class Lsf(Scheduler):
     task_variable = "LSB_JOBINDEX"
     task_pattern = "%I"
     first_task = 1
+    limit_argv = ("bparams", "-a")
+    limit_pattern = r"MAX_JOB_ARRAY_SIZE\s*=\s*(\d+)"
+    limit_refusals = ("pending job threshold", "max_pend_jobs", "too many jobs")
+    # At a pending job threshold bsub tries again every SUB_TRY_INTERVAL, for ever unless
+    # LSB_NTRIES bounds it: one try, and the refusal holds our submissions instead.
+    submit_env = {"LSB_NTRIES": "1"}
     late_log = True      # LSF appends its job report once the job is over
     ACTIVE_STATES = {"PEND", "RUN", "PSUSP", "USUSP", "SSUSP", "WAIT", "PROV", "UNKWN",
                      "ZOMBI"}
@@ -2717,6 +2791,9 @@ class Sge(Scheduler):
     task_variable = "SGE_TASK_ID"
     task_pattern = "$TASK_ID"
     first_task = 1
+    limit_argv = ("qconf", "-sconf")
+    limit_pattern = r"^max_aj_tasks\s+(\d+)"       # 0: no limit (the default stands)
+    limit_refusals = ("are allowed per user", "max_u_jobs", "jobs per user")
 
     def submit_argv(self, script, name, log, array=None):
         argv = ["qsub", "-terse", "-N", name, "-o", log, "-j", "y", "-V", "-S", "/bin/sh",
@@ -2802,14 +2879,19 @@ def strip_shell_quotes(text):
 
 
 class ClusterBackend(Backend):
-    """Runs as jobs on a scheduler: throttled to ``--num_jobs`` queued or running (or left to
-    the scheduler's array throttle with ``--array``), polled in one call per cycle."""
+    """Runs as jobs on a scheduler. ``runs_per_job`` runs go one after another in one job
+    (each with its own folder, logs, exit status, journal lines and CSV row); at most
+    ``--num_jobs`` jobs are queued or running (or the scheduler's array throttle does it with
+    ``--array``); the queue is asked in one call per cycle. A submission refused for a
+    per-user limit is held, not failed, until one of our jobs ends or a back-off expires; a
+    job array refused is split in two and submitted again."""
 
     SUBMIT_TRIES = 4
+    HOLD_BACKOFF = (15.0, 300.0)   # first and longest wait after a limit refusal, seconds
     started_word = "submitted"
 
     def __init__(self, scheduler, folder, cwd, num_jobs, poll_interval, use_array=False,
-                 detach=False):
+                 detach=False, runs_per_job=1):
         self.scheduler = scheduler
         self.folder = folder
         self.identity = folder.identity()
@@ -2819,34 +2901,53 @@ class ClusterBackend(Backend):
         self.poll_interval = poll_interval
         self.use_array = use_array
         self.detach = detach
-        self.active = {}          # job id -> run
-        self.to_submit = []       # runs waiting for the next array submission
+        self.per_job = runs_per_job
+        self.active = {}          # run name -> run whose job is queued or running
+        self.filling = []         # runs gathered for the next job (fewer than runs_per_job)
+        self.units = []           # runs of one job each, waiting to be submitted
+        self.hold_until = None    # a limit refusal: submit no more before then (or a job ends)
+        self.limit_seen = (0, 0.0)  # our jobs going at the last limit refusal, until when
+        self.holds_told = 0
+        self.hold_delay = self.HOLD_BACKOFF[0]
         self.ended = []
         self.vanished = {}        # job id -> polls seen gone without an exit file
         self.late_logs = {}       # run name -> ended run whose scheduler log may come later
         self.next_poll = now() + poll_interval
-        self.queries = 0
-        self.submissions = 0
+        self.queries = 0          # queue queries
+        self.submissions = 0      # calls of the submit command
+        self.jobs_submitted = 0
+        self.max_array = None     # read from the cluster when first needed
         self.env = scheduler.clean_env()
+        self.submit_env = dict(self.env, **scheduler.submit_env)
 
     def describe(self):
-        return "%s jobs, at most %d at once%s" % (
-            self.scheduler.name, self.num_jobs, ", as job arrays" if self.use_array else "")
+        return "%s jobs, at most %d at once%s%s" % (
+            self.scheduler.name, self.num_jobs, ", as job arrays" if self.use_array else "",
+            ", %d runs per job" % self.per_job if self.per_job > 1 else "")
 
     def running(self):
-        return len(self.active) + len(self.to_submit)
+        waiting = len(self.filling) + sum(len(unit) for unit in self.units)
+        return len(self.active) + waiting + len(self.ended)
+
+    def _jobs_in_use(self):
+        return (len({run.job_id for run in self.active.values()}) + len(self.units)
+                + (1 if self.filling else 0))
 
     def slot(self):
-        if self.use_array or len(self.active) + len(self.to_submit) < self.num_jobs:
+        if self.hold_until is not None:
+            return None
+        if self.use_array or 0 < len(self.filling) < self.per_job \
+                or self._jobs_in_use() < self.num_jobs:
             return {}
         return None
 
     def recheck_in(self):
-        return None
+        return None if self.hold_until is None else max(0.0, self.hold_until - now())
 
     def job_name(self, run):
-        """The scheduler's name for this attempt of the run: unique to the attempt and to
-        this copy of the search folder, so a resume finds a submission cut short by name."""
+        """The scheduler's name for this attempt of the run (the first run of a job that
+        holds several): unique to the attempt and to this copy of the search folder, so a
+        resume finds a submission cut short by name."""
         return "%s-a%d-%s" % (run.name, run.attempt, self.name_tag)
 
     def start(self, run, token):
@@ -2854,73 +2955,170 @@ class ClusterBackend(Backend):
             self.folder.call_off(run, run.attempt - 1)
         files = {s: self.folder.job_file(run, s) for s in (".out", ".err", ".exit")}
         write_job_script(self.folder.job_file(run, ".sh"), run, self.cwd, files,
-                         self.folder.claim_stem(run))
-        if self.use_array:
-            self.to_submit.append(run)
-            return True
-        name = self.job_name(run)
-        self.folder.log_state(run, SUBMITTING, job_name=name, folder=self.identity)
-        # The attempt goes with the job: a scheduler that reads the script only when the
-        # job starts (LSF) may find a later attempt's script there by then.
-        argv = self.scheduler.submit_argv(
-            [self.folder.job_file(run, ".sh"), str(run.attempt)], name,
-            self.folder.job_file(run, ".scheduler.log"))
-        job_id = self._submit(argv, [run])
-        if job_id is not None:
-            self._track(run, job_id)
-        return job_id is not None
+                         self.folder.claim_stem(run),
+                         self.folder.stop_path(run) if self.per_job > 1 else None)
+        self.filling.append(run)
+        if len(self.filling) == self.per_job:
+            self.units.append(self.filling)
+            self.filling = []
+            if not self.use_array:  # a full job goes at once; an array waits for flush
+                self._submit_units()
+        return True
 
     def flush(self):
-        """Submit the runs gathered for a job array (one submission per chunk). Task k runs
-        line k of the array's table (``<run> <attempt>``)."""
-        runs, self.to_submit = self.to_submit, []
-        for first in range(0, len(runs), self.scheduler.max_array):
-            chunk = runs[first:first + self.scheduler.max_array]
-            name = self.job_name(chunk[0])
-            table = os.path.join(self.folder.jobs, "%s.array" % name)
-            atomic_write_text(table, "".join("%s %d\n" % (r.name, r.attempt) for r in chunk))
-            script = os.path.join(self.folder.jobs, "%s.array.sh" % name)
-            atomic_write_text(script, array_script(self.scheduler, table, self.folder.jobs))
-            for k, run in enumerate(chunk):
-                run.task_log = array_task_log(self.folder, self.scheduler, name, k)
+        """Submit what was gathered: a job not yet full, and every job array."""
+        if self.filling:
+            self.units.append(self.filling)
+            self.filling = []
+        self._submit_units()
+
+    def _submit_units(self):
+        while self.units and self.hold_until is None:
+            if not self.use_array:
+                if self._at_seen_limit():
+                    return   # the scheduler would refuse it: wait for one of ours to end
+                self._submit_job(self.units.pop(0))
+                continue
+            chunk = self.units[:self._array_limit()]
+            if not self._array_fits(len(chunk)):
+                return   # the next one goes when enough of ours have ended
+            del self.units[:len(chunk)]
+            self._submit_array(chunk)
+
+    def _array_fits(self, tasks):
+        """An array runs up to min(tasks, --num_jobs) tasks at once (its throttle). Where the
+        search needs several arrays (the cluster's largest is smaller), the next one waits
+        until, together with our tasks still queued or running, that keeps to --num_jobs."""
+        return self._jobs_going() + min(tasks, self.num_jobs) <= self.num_jobs
+
+    def _jobs_going(self):
+        """Our jobs (array tasks) queued or running."""
+        return len({run.job_id for run in self.active.values()})
+
+    def _array_limit(self):
+        if self.max_array is None:
+            self.max_array = self.scheduler.array_limit()
+        return self.max_array
+
+    def _submit_job(self, unit):
+        """One job for the runs of ``unit``: a run's own job script, or a script running
+        several one after another."""
+        name = self.job_name(unit[0])
+        if len(unit) == 1:
+            run = unit[0]
+            # The attempt goes with the job: a scheduler that reads the script only when
+            # the job starts (LSF) may find a later attempt's script there by then.
+            script = [self.folder.job_file(run, ".sh"), str(run.attempt)]
+        else:
+            script = [self._unit_table_and_script(name, unit, array=False)]
+        log = job_log(self.folder, unit[0], name, len(unit) > 1)
+        unit[-1].task_log = log   # the job's log goes to its (last) run
+        for run in unit:
+            self.folder.log_state(run, SUBMITTING, job_name=name, folder=self.identity)
+        job_id = self._submit(self.scheduler.submit_argv(script, name, log), [unit])
+        if job_id is not None:
+            for run in unit:
+                self._track(run, job_id, job_name=name)
+
+    def _submit_array(self, units):
+        """One job array, task k running ``units[k]``; if the scheduler refuses it (an
+        array larger than it allows), it is split in two and each half submitted."""
+        name = self.job_name(units[0][0])
+        script = self._unit_table_and_script(name, [r for unit in units for r in unit],
+                                             array=True)
+        for k, unit in enumerate(units):
+            unit[-1].task_log = array_task_log(self.folder, self.scheduler, name, k)
+            for run in unit:
                 self.folder.log_state(run, SUBMITTING, job_name=name, task=k,
                                       folder=self.identity)
-            argv = self.scheduler.submit_argv(
-                [script], name, array_task_log(self.folder, self.scheduler, name, None),
-                array=(len(chunk), self.num_jobs))
-            array_id = self._submit(argv, chunk)
-            if array_id is not None:
-                for k, run in enumerate(chunk):
+        argv = self.scheduler.submit_argv(
+            [script], name, array_task_log(self.folder, self.scheduler, name, None),
+            array=(len(units), self.num_jobs))
+        array_id = self._submit(argv, units, split=len(units) > 1)
+        if array_id is not None:
+            for k, unit in enumerate(units):
+                for run in unit:
                     self._track(run, self.scheduler.task_id(array_id, k), job_name=name, task=k)
 
-    def _submit(self, argv, runs):
-        """Submit with back-off; on a final failure the runs end as failed. The job id or
-        None."""
+    def _unit_table_and_script(self, name, runs, array):
+        table = job_table_path(self.folder, name)
+        atomic_write_text(table, "".join("%s %d\n" % (r.name, r.attempt) for r in runs))
+        script = os.path.join(self.folder.jobs, "%s.job.sh" % name)
+        atomic_write_text(script, unit_script(table, self.folder.jobs, self.per_job,
+                                              self.scheduler if array else None))
+        return script
+
+    def _submit(self, argv, units, split=False):
+        """Submit with back-off; the job id, or None. A refusal for a per-user limit holds
+        the units for later; a refused array (``split``) is halved; otherwise, after the
+        last try, their runs end as failed with the scheduler's reason."""
         delay, problem = 1.0, ""
         for attempt in range(self.SUBMIT_TRIES):
             self.submissions += 1
             try:
-                code, out, err = run_scheduler(argv, env=self.env)
+                code, out, err = run_scheduler(argv, env=self.submit_env)
                 if code == 0:
+                    self.jobs_submitted += 1
+                    self.hold_delay = self.HOLD_BACKOFF[0]
                     return self.scheduler.parse_submit(out)
                 problem = "%s exit %d: %s" % (argv[0], code, _first_line(err or out))
             except (SchedulerError, ValueError) as exc:
                 problem = str(exc)
+            if self.scheduler.limit_refusal(problem):
+                self._hold(units, problem)
+                return None
+            if split:   # too large for this cluster, whatever it said its limit was
+                self.max_array = len(units) // 2
+                warn("the job array of %d tasks was refused (%s); submitting arrays of at "
+                     "most %d" % (len(units), problem, self.max_array))
+                self.units[:0] = units
+                return None
             if attempt + 1 < self.SUBMIT_TRIES:
                 warn("submitting %s failed (%s); trying again in %gs"
-                     % (runs[0].name, problem, delay))
+                     % (units[0][0].name, problem, delay))
                 time.sleep(delay)
                 delay *= 2
-        for run in runs:
+        for run in (r for unit in units for r in unit):
             run.exit_code, run.reason = None, "submission failed: %s" % problem
             self.ended.append(run)
         return None
+
+    def _hold(self, units, problem):
+        """The scheduler takes no more jobs from us for now: keep these for later and stop
+        submitting until one of our jobs ends or the back-off expires (said once per hold)."""
+        self.units[:0] = units
+        if self.hold_until is None:
+            message = ("the scheduler takes no more jobs for now (%s); holding %d run(s) until "
+                       "one of our jobs ends or %gs pass" % (
+                           problem, sum(len(u) for u in self.units), self.hold_delay))
+            if self.holds_told:   # a limit met again and again: the log has each
+                CONSOLE.log("hpsearch: %s" % message)
+            else:
+                warn(message + " (said once; hpsearch.log has every hold)")
+            self.holds_told += 1
+        self.hold_until = now() + self.hold_delay
+        self.hold_delay = min(2 * self.hold_delay, self.HOLD_BACKOFF[1])
+        self.limit_seen = (self._jobs_going(), self.hold_until)
+
+    def _at_seen_limit(self):
+        """As many of our jobs going as when the scheduler last refused one for a limit.
+        That limit may count jobs not ours: the guess holds only until the back-off
+        expires, then a submission tries again."""
+        going, until = self.limit_seen
+        return 0 < going <= self._jobs_going() and now() < until
+
+    def _release_hold(self, job_ended=False):
+        """Submit what waits: held runs once a job of ours ended (up to as many as the
+        scheduler took) or the back-off expired, an array once there is room for it."""
+        if self.hold_until is not None and (job_ended or now() >= self.hold_until):
+            self.hold_until = None
+        self._submit_units()
 
     def _track(self, run, job_id, job_name=None, task=None):
         """Follow the run's job, and say so in the journal at once (for an array task:
         the array's name and the task's place in it)."""
         run.job_id = job_id
-        self.active[job_id] = run
+        self.active[run.name] = run
         where = {} if task is None else {"task": task}
         self.folder.log_state(run, RUNNING, job_id=job_id, job_name=job_name or
                               self.job_name(run), folder=self.identity, **where)
@@ -2931,40 +3129,53 @@ class ClusterBackend(Backend):
         self._track(run, job_id)
 
     def _collect_exit_files(self):
-        for job_id, run in list(self.active.items()):
+        for run in list(self.active.values()):
             code = self.folder.recorded_exit_status(run)
             if code is not None:
                 run.exit_code = code
                 if code > 128:  # the job shell's way of saying "ended by signal code-128"
                     run.killed = True
                     run.reason = run.reason or "killed by signal %d" % (code - 128)
-                self._end(job_id)
+                self._end(run)
 
     def going(self):
         return list(self.active.values())
 
     def end_run(self, run, reason):
-        """Cancel one job (early stopping); its end is noticed as any other."""
-        if run.killed or run.job_id not in self.active:
+        """End one run early (early stopping): cancel its job, or, when it shares its job
+        with other runs, leave the stop file its job script watches for."""
+        if run.killed or run.name not in self.active:
             return
         run.killed, run.reason = True, reason
+        if self.per_job > 1:
+            atomic_write_text(self.folder.stop_path(run), reason + "\n", durable=False)
+            return
         code, _, err = run_scheduler(self.scheduler.cancel_one_argv(run.job_id), env=self.env)
         if code != 0:
             warn("cancelling job %s of %s: %s" % (run.job_id, run.name, _first_line(err)))
 
-    def _end(self, job_id):
-        self.vanished.pop(job_id, None)
-        run = self.active.pop(job_id)
+    def _end(self, run):
+        del self.active[run.name]
+        if not any(r.job_id == run.job_id for r in self.active.values()):
+            self.vanished.pop(run.job_id, None)
+            self._release_hold(job_ended=True)
         self.ended.append(run)
         self.folder.drop_claim(run)
-        self._claim_task_log(run)
-        if self.scheduler.late_log:
+        _remove(self.folder.stop_path(run))
+        # Only the run that receives its job's log waits for LSF's late report: the
+        # other runs of a shared job never get one.
+        if self.scheduler.late_log and run.task_log:
             self.late_logs[run.name] = run
+        self._claim_task_log(run)
 
     def _claim_task_log(self, run):
-        """Give an array task's log the run's own name, so it goes into the run folder."""
-        if run.task_log and os.path.exists(run.task_log):
-            _rename_free(run.task_log, self.folder.job_file(run, ".scheduler.log"))
+        """Give a job's (or array task's) log the name of its run, so it goes into the run
+        folder (a job of several runs gives it to its last)."""
+        own = self.folder.job_file(run, ".scheduler.log")
+        if run.task_log == own:
+            run.task_log = None
+        elif run.task_log and os.path.exists(run.task_log):
+            _rename_free(run.task_log, own)
             run.task_log = None
 
     def _sweep_late_logs(self):
@@ -2982,20 +3193,24 @@ class ClusterBackend(Backend):
                     del self.late_logs[name]
 
     def finish_up(self):
-        """Give late scheduler logs a few seconds to arrive."""
+        """Give late scheduler logs a few seconds to arrive; say what the scheduler was asked."""
         deadline = now() + 5.0
         while True:
             self._sweep_late_logs()
             if not self.late_logs or now() >= deadline:
-                return
+                break
             time.sleep(0.2)
+        say("hpsearch: %s: %d %s call(s) for %d job(s), %d queue quer%s" % (
+            self.scheduler.name, self.submissions, self.scheduler.submit_tool,
+            self.jobs_submitted, self.queries, "y" if self.queries == 1 else "ies"))
 
     def poll(self):
         """Ask the queue once about all our jobs; a job gone from it without an exit status
-        (after one more cycle for slow file systems) was killed."""
+        (after one more cycle for slow file systems) was killed, and so were its runs that
+        had not ended."""
         self.next_poll = now() + self.poll_interval
         self._sweep_late_logs()
-        ids = list(self.active)
+        ids = sorted({run.job_id for run in self.active.values()})
         if not ids:
             return
         self.queries += 1
@@ -3012,21 +3227,24 @@ class ClusterBackend(Backend):
                 self.vanished.pop(job_id, None)
                 continue
             self.vanished[job_id] = self.vanished.get(job_id, 0) + 1
-            if self.vanished[job_id] >= 2:
-                if state == JOB_STUCK:
-                    given_up.append(job_id)
-                run = self.active[job_id]
+            if self.vanished[job_id] < 2:
+                continue
+            if state == JOB_STUCK:
+                given_up.append(job_id)
+            why = None
+            for run in [r for r in self.active.values() if r.job_id == job_id]:
                 run.exit_code = None
                 if not run.killed:  # not ended by us (early stopping): the scheduler did it
-                    why = self.scheduler.explain(job_id)
+                    why = self.scheduler.explain(job_id) if why is None else why
                     run.killed = True
                     run.reason = "killed by the scheduler: %s%s" % (
                         detail, "; " + why if why else "")
-                self._end(job_id)
+                self._end(run)
         if given_up:  # a job that can never run would otherwise stay queued for good
             run_scheduler(self.scheduler.cancel_argv(given_up), env=self.env)
 
     def wait(self, timeout):
+        self._release_hold()
         if not self.ended:
             self._collect_exit_files()
         if not self.ended:
@@ -3038,10 +3256,16 @@ class ClusterBackend(Backend):
         ended, self.ended = self.ended, []
         return ended
 
+    def _unsubmitted(self):
+        """Forget the runs gathered but not submitted (they run again on --resume)."""
+        count = len(self.filling) + sum(len(u) for u in self.units)
+        self.filling, self.units, self.hold_until = [], [], None
+        return count
+
     def stop(self, grace, hurry=lambda: False):
         """Cancel every queued or running job in one call, or leave them (--detach)."""
-        jobs = list(self.active)
-        self.to_submit = []
+        self._unsubmitted()
+        jobs = sorted({run.job_id for run in self.active.values()})
         if self.detach:
             say("hpsearch: %d job(s) left to the scheduler (--resume re-attaches to them)"
                 % len(jobs))
@@ -3049,36 +3273,53 @@ class ClusterBackend(Backend):
             return
         # Exit statuses written before the cancel are the jobs' own; one written after it
         # (a job script recording the SIGTERM it got) still means we killed that job.
-        own_ends = {job_id: self.folder.recorded_exit_status(self.active[job_id])
-                    for job_id in jobs}
+        own_ends = {name: self.folder.recorded_exit_status(run)
+                    for name, run in self.active.items()}
         if jobs:
             code, _, err = run_scheduler(self.scheduler.cancel_argv(jobs), env=self.env)
             say("hpsearch: cancelled %d job(s) with %s%s" % (
                 len(jobs), self.scheduler.cancel_argv([])[0],
                 "" if code == 0 else " (it said: %s)" % _first_line(err)))
-        for job_id in jobs:
-            run = self.active[job_id]
-            run.exit_code = own_ends[job_id]
+        for name, run in list(self.active.items()):
+            run.exit_code = own_ends[name]
             if run.exit_code is None:
                 run.killed, run.reason = True, "cancelled by hpsearch"
-            self._end(job_id)
+            self._end(run)
 
     def abandon(self):
         """Jobs run and record their exit status without the launcher: leave them queued."""
-        count, self.active, self.to_submit = len(self.active), {}, []
+        self._unsubmitted()
+        count = len({run.job_id for run in self.active.values()})
+        self.active = {}
         return "%d job(s) left to the scheduler, --resume re-attaches to them" % count
 
 
-def array_script(scheduler, table, jobs_dir):
-    """A job array's script: task i runs the i-th run's own job script for the attempt the
-    table names (a stale task of an attempt since called off then refuses to start)."""
+def unit_script(table, jobs_dir, per_job, scheduler=None):
+    """The script of a job that runs several runs one after another: the lines of ``table``
+    (``<run> <attempt>``), each through the run's own job script. For a job array
+    (``scheduler``: whose task variable to read) task i runs lines i*per_job+1 to
+    (i+1)*per_job; a plain job runs them all."""
+    q = shlex.quote
+    first = ("$(( (${%s} - %d) * %d + 1 ))" % (scheduler.task_variable, scheduler.first_task,
+                                               per_job)) if scheduler else "1"
     return "\n".join([
         "#!/bin/sh",
-        "# hpsearch job array: task i runs line i of %s" % os.path.basename(table),
-        "line=$((${%s} - %d + 1))" % (scheduler.task_variable, scheduler.first_task),
-        "set -- $(sed -n \"${line}p\" %s)" % shlex.quote(table),
-        "exec /bin/sh %s/\"$1\".sh \"$2\"" % shlex.quote(jobs_dir),
+        "# hpsearch: runs one after another, %d per job, from %s (lines: <run> <attempt>)"
+        % (per_job, os.path.basename(table)),
+        "first=%s" % first,
+        "sed -n \"${first},$((first + %d))p\" %s | while read -r name attempt; do"
+        % (per_job - 1, q(table)),
+        "    /bin/sh %s/\"$name\".sh \"$attempt\" < /dev/null" % q(jobs_dir),
+        "done",
     ]) + "\n"
+
+
+def job_log(folder, run, job_name, shared):
+    """Where the scheduler logs a job: a run's own job beside the run's files, a job of
+    several runs under its job name."""
+    if shared:
+        return os.path.join(folder.jobs, "%s.job.scheduler.log" % job_name)
+    return folder.job_file(run, ".scheduler.log")
 
 
 def array_task_log(folder, scheduler, array_name, k):
@@ -3101,6 +3342,97 @@ def find_jobs(scheduler, names):
     code, out, err = run_scheduler(scheduler.find_argv(sorted(names)))
     found = scheduler.parse_find(code, out, err)
     return {name: job for name, job in found.items() if name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher as a job of its own: warned before its time limit, submitted again
+# ----------------------------------------------------------------------------------------------
+#
+# A search of many days outlives any one job's wall time. Run as a job, the launcher detaches on
+# the scheduler's warning (SIGUSR1, see StopSignals); with --resubmit_self it then submits its
+# own job script again, to start once this job has ended, with HPSEARCH_RESUME naming the
+# search folder: the new launcher, started with --resubmit_self and that variable, resumes it.
+
+RESUME_VARIABLE = "HPSEARCH_RESUME"
+# (scheduler, variable holding the launcher's job id) of the job the launcher may run in.
+LAUNCHER_JOB_VARIABLES = (("slurm", "SLURM_JOB_ID"), ("lsf", "LSB_JOBID"), ("sge", "JOB_ID"))
+
+
+def launcher_job():
+    """``(scheduler name, job id)`` of the job the launcher runs in, or None."""
+    for name, variable in LAUNCHER_JOB_VARIABLES:
+        if os.environ.get(variable):
+            return name, os.environ[variable]
+    return None
+
+
+def launcher_script(name, job_id, given):
+    """The text of the launcher's own job script: the file ``given`` (--resubmit_self=FILE),
+    else what the scheduler keeps of it (Slurm: scontrol write batch_script; Grid Engine:
+    $JOB_SCRIPT). LSF keeps no copy a user can submit again: there ``given`` is needed."""
+    if given:
+        path = given
+    elif name == "slurm":
+        code, out, err = run_scheduler(["scontrol", "write", "batch_script", job_id, "-"])
+        if code != 0 or not out.strip():
+            raise SchedulerError("scontrol write batch_script %s: %s" % (
+                job_id, _first_line(err) or "no script"))
+        return out
+    elif name == "sge" and os.environ.get("JOB_SCRIPT"):
+        path = os.environ["JOB_SCRIPT"]
+    else:
+        raise SchedulerError("the scheduler keeps no copy of the launcher's job script; give "
+                             "it: --resubmit_self=<your job script>")
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as exc:
+        raise SchedulerError("cannot read the launcher's job script %s: %s"
+                             % (path, exc.strerror))
+
+
+def resubmit_launcher(args, folder):
+    """Submit the launcher's job script again, to start after this job ends, resuming
+    ``folder``; the new job's id (SchedulerError if it cannot be done)."""
+    job = launcher_job()
+    if job is None:
+        raise SchedulerError("the launcher does not run as a Slurm, LSF or Grid Engine job")
+    name, job_id = job
+    scheduler = SCHEDULERS[name](args)
+    text = launcher_script(name, job_id, args.resubmit_self)
+    path = folder.file("hpsearch_launcher_job.sh")   # what was submitted, kept to look at
+    atomic_write_text(path, text, durable=False)
+    env = scheduler.clean_env()
+    env[RESUME_VARIABLE] = folder.path
+    after = {"slurm": ["sbatch", "--parsable", "--dependency=afterany:%s" % job_id, path],
+             "sge": ["qsub", "-terse", "-hold_jid", job_id, "-v",
+                     "%s=%s" % (RESUME_VARIABLE, folder.path), path],
+             "lsf": ["bsub", "-w", "ended(%s)" % job_id]}[name]
+    code, out, err = run_scheduler(after, env=env, stdin_text=text if name == "lsf" else None)
+    if code != 0:
+        raise SchedulerError("%s exit %d: %s" % (after[0], code, _first_line(err or out)))
+    try:
+        return scheduler.parse_submit(out)
+    except ValueError as exc:
+        raise SchedulerError(str(exc))
+
+
+def check_resubmit_self(args):
+    """--resubmit_self: a launcher started by its earlier self resumes that search; one that
+    cannot submit itself again says so before it starts."""
+    if args.resubmit_self is None:
+        return
+    if os.environ.get(RESUME_VARIABLE) and not args.resume:
+        args.resume = os.environ[RESUME_VARIABLE]
+        say("hpsearch: --resubmit_self: resuming %s (%s names it)" % (args.resume,
+                                                                    RESUME_VARIABLE))
+    job = launcher_job()
+    if job is None:
+        warn("--resubmit_self: the launcher does not run as a Slurm, LSF or Grid Engine job; "
+             "SIGUSR1 will stop it, but it cannot submit itself again")
+    elif job[0] == "lsf" and not args.resubmit_self:
+        raise UsageError("--resubmit_self under LSF needs the launcher's job script: "
+                         "--resubmit_self=<the file you submitted with bsub < FILE>")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -3348,17 +3680,21 @@ def _read_lines(path):
 
 class StopSignals(object):
     """Ctrl-C and SIGTERM set a flag the loop checks (nothing is raised mid-write). The first
-    stops the search gracefully; a second one kills the runs at once. A hangup (terminal
-    closed, ssh connection lost) changes nothing: the search goes on, its messages go on into
-    hpsearch.log, and the runs, each in its own session, never see it."""
+    stops the search gracefully; a second one kills the runs at once. SIGUSR1 is the
+    scheduler's warning that the launcher's own job nears its time limit (Slurm
+    --signal=B:USR1@..., LSF -wa USR1, Grid Engine s_rt): the launcher detaches (``time_up``).
+    A hangup (terminal closed, ssh connection lost) changes nothing: the search goes on, its
+    messages go on into hpsearch.log, and the runs, each in its own session, never see it."""
 
     def __init__(self):
         self.count = 0
         self.name = ""
+        self.time_up = False
 
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
+        signal.signal(signal.SIGUSR1, self._time_up)
         # A handler rather than SIG_IGN, which the runs would inherit.
         signal.signal(signal.SIGHUP, _no_op_handler)
 
@@ -3366,8 +3702,11 @@ class StopSignals(object):
         self.count += 1
         self.name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
 
+    def _time_up(self, signum, frame):
+        self.time_up = True
+
     def __bool__(self):
-        return self.count > 0
+        return self.count > 0 or self.time_up
 
     __nonzero__ = __bool__
 
@@ -3457,9 +3796,16 @@ class Search(object):
                     raise
 
     def _stop_running(self):
-        """Stop our runs (SIGTERM, then SIGKILL) and record each as it ends."""
+        """Stop our runs (SIGTERM, then SIGKILL) and record each as it ends. Near the end of
+        the launcher's own job, detach instead: cluster jobs stay queued and record their
+        exit status themselves; local runs, which cannot outlive it, are stopped."""
         self.stopping = True
         self.progress.close()
+        if self.signals.time_up and not self.signals.count:
+            say("hpsearch: SIGUSR1: the launcher's own job nears its time limit; detaching (%s)"
+                % self.backend.abandon())
+            self._record_the_rest()
+            return
         if self.backend.running():
             say("hpsearch: %s: stopping %d running run(s); press Ctrl-C again to kill them "
                 "at once" % (self.signals.name, self.backend.running()))
@@ -3840,6 +4186,10 @@ def build_parser():
                     help="At most N of our jobs queued or running at once.")
     cl.add_argument("--num_hours", type=int, default=24, metavar="N",
                     help="Wall-time limit of each job, in hours.")
+    cl.add_argument("--runs_per_job", type=int, default=1, metavar="K",
+                    help="K runs share one job and run one after another in it, each with its "
+                         "own folder, logs and exit status (fewer, longer jobs: --num_hours is "
+                         "the job's limit, so K times a run's time must fit in it).")
     cl.add_argument("--array", action="store_true",
                     help="Submit the runs as job arrays (throttled to --num_jobs at once by "
                          "the scheduler) instead of one job each.")
@@ -3849,6 +4199,12 @@ def build_parser():
     cl.add_argument("--scheduler_args", type=str, default="", metavar="ARGS",
                     help="Further options for sbatch/bsub/qsub, as one string "
                          "('--account=x --nice=10').")
+    cl.add_argument("--resubmit_self", type=str, nargs="?", const="", default=None,
+                    metavar="JOB_SCRIPT",
+                    help="For a launcher that runs as a job itself: when the scheduler warns "
+                         "that its time limit nears (SIGUSR1), detach and submit its own job "
+                         "script again (Slurm and Grid Engine keep a copy; under LSF give the "
+                         "file) to start when this job ends and resume the search.")
     cl.add_argument("--detach", action="store_true",
                     help="On Ctrl-C or SIGTERM leave queued and running jobs to the scheduler "
                          "(re-attach with --resume) instead of cancelling them.")
@@ -3912,6 +4268,10 @@ def check_flags(args):
     if args.scheduler not in SCHEDULERS:
         raise UsageError("--scheduler=%s is unknown; use one of: %s"
                          % (args.scheduler, ", ".join(sorted(SCHEDULERS))))
+    if args.runs_per_job < 1 or (args.runs_per_job > 1 and not args.run_cluster
+                                 and not args.resume):
+        raise UsageError("--runs_per_job=%d: give a number of at least 1, for cluster jobs "
+                         "(--run_cluster)" % args.runs_per_job)
     if args.num_jobs < 1 or args.num_hours < 1 or args.poll_interval <= 0:
         raise UsageError("--num_jobs and --num_hours must be at least 1, --poll_interval "
                          "positive")
@@ -4053,6 +4413,7 @@ def main(argv=None):
 def _main(argv):
     args = build_parser().parse_args(argv)
     args.given_argv = list(sys.argv[1:] if argv is None else argv)
+    check_resubmit_self(args)
     check_flags(args)
     if args.status:
         return show_status(args)
@@ -4230,7 +4591,7 @@ def reattach_jobs(scheduler, folder, runs, journal, owner):
     the job id the journal has, or, for a submission the launcher did not live to see
     through, by the job name it was submitted under. A submission the scheduler does not
     know is called off (its job, should it still appear, never starts) and runs again."""
-    going, cut_short = {}, []
+    going, cut_short, in_flight = {}, [], []
     for run in runs:
         last = owner.in_flight(journal.get(run.name))
         if last is None:
@@ -4238,9 +4599,10 @@ def reattach_jobs(scheduler, folder, runs, journal, owner):
         run.attempt = last.get("attempt", 1)
         if folder.recorded_exit_status(run) is not None:
             continue  # it ended while no launcher watched: its exit status tells
+        in_flight.append((run, last))
+    give_job_logs(folder, scheduler, in_flight)
+    for run, last in in_flight:
         task = last.get("task")
-        if _is_int(task) and last.get("job_name"):
-            run.task_log = array_task_log(folder, scheduler, last["job_name"], task)
         if last["state"] == RUNNING and last.get("job_id"):
             going[run.name] = str(last["job_id"])
         elif last.get("job_name") and not folder.called_off(run, run.attempt):
@@ -4258,6 +4620,39 @@ def reattach_jobs(scheduler, folder, runs, journal, owner):
                          "submissions went through (%s); try again when it answers"
                          % (folder.path, exc))
     return going
+
+
+def give_job_logs(folder, scheduler, in_flight):
+    """Tell the last run of each job still going (the run that receives the job's log)
+    where the scheduler logs that job. ``in_flight``: ``[(run, its last journal line)]``."""
+    tables, owners = {}, {}   # job name -> {run name: line}; (job name, task) -> run
+    for run, last in in_flight:
+        job = (last.get("job_name"), last.get("task"))
+        if job[0] is None:
+            continue
+        if job[0] not in tables:
+            tables[job[0]] = job_table_lines(folder, job[0])
+        place = tables[job[0]].get
+        if job not in owners or place(run.name, 0) > place(owners[job].name, 0):
+            owners[job] = run
+    for (name, task), run in owners.items():
+        run.task_log = (array_task_log(folder, scheduler, name, task) if _is_int(task)
+                        else job_log(folder, run, name, shared=bool(tables[name])))
+
+
+def job_table_path(folder, job_name):
+    """The table of a job of several runs: a line ``<run> <attempt>`` for each, in order."""
+    return os.path.join(folder.jobs, "%s.runs" % job_name)
+
+
+def job_table_lines(folder, job_name):
+    """``{run name: line number}`` of the table of a job of several runs; {} for a run's
+    own job (no table) or a table that cannot be read."""
+    try:
+        with open(job_table_path(folder, job_name)) as table:
+            return {line.split()[0]: k for k, line in enumerate(table) if line.strip()}
+    except (OSError, IOError, UnicodeDecodeError):
+        return {}
 
 
 def earlier_outcome(config, folder, run, entries):
@@ -4321,7 +4716,8 @@ def choose_place(args):
 def make_backend(args, place, folder, run_cwd):
     if isinstance(place, Scheduler):
         return ClusterBackend(place, folder, run_cwd, args.num_jobs, args.poll_interval,
-                              use_array=args.array, detach=args.detach)
+                              use_array=args.array, detach=args.detach,
+                              runs_per_job=args.runs_per_job)
     return LocalBackend(place, folder, run_cwd, run_timeout=args.run_timeout or None)
 
 
@@ -4376,9 +4772,25 @@ def _run_search(args, config, folder, runs, results, backend):
         counts[STOPPED] if counts[STOPPED] else "", counts[UNFINISHED], counts[FAILED],
         counts[KILLED], folder.results))
     if not completed:
-        say("hpsearch: to continue this search: %s" % continue_command(args, folder))
-        return EXIT_INTERRUPTED
+        return tell_the_stop(args, folder, signals)
     return tell_the_end(config, folder, search)
+
+
+def tell_the_stop(args, folder, signals):
+    """A search stopped before its end: how it goes on. Near the end of the launcher's own
+    job with --resubmit_self, it goes on by itself (exit status 0)."""
+    if signals.time_up and not signals.count and args.resubmit_self is not None:
+        try:
+            job_id = resubmit_launcher(args, folder)
+        except SchedulerError as exc:
+            CONSOLE.say("hpsearch: error: --resubmit_self: %s; continue with: %s" % (
+                exc, continue_command(args, folder)), sys.stderr)
+            return EXIT_INTERRUPTED
+        say("hpsearch: --resubmit_self: submitted the launcher again as job %s; it starts "
+            "when this job ends and resumes the search" % job_id)
+        return EXIT_OK
+    say("hpsearch: to continue this search: %s" % continue_command(args, folder))
+    return EXIT_INTERRUPTED
 
 
 def tell_the_end(config, folder, search):
@@ -4408,9 +4820,11 @@ def tell_the_end(config, folder, search):
 HOW_TO_RUN_FLAGS = (
     "visible_gpus", "local_jobs", "max_num_jobs_per_gpu", "allowed_memory", "allowed_load",
     "sim_startup_time", "gpu_poll_interval", "max_retries", "run_timeout", "run_cluster",
-    "scheduler", "num_jobs", "num_hours", "array", "poll_interval", "scheduler_args",
+    "scheduler", "num_jobs", "num_hours", "runs_per_job", "array", "poll_interval",
+    "scheduler_args",
     "detach", "slurm_mem", "slurm_gres", "slurm_partition", "slurm_qos", "slurm_constraint",
-    "resources", "early_stopping", "es_step_key", "es_min_step", "es_max_step", "es_eta")
+    "resources", "early_stopping", "es_step_key", "es_min_step", "es_max_step", "es_eta",
+    "resubmit_self")
 
 
 def continue_command(args, folder):

@@ -31,6 +31,62 @@ _PERFORMANCE_SORT_ASC = True
 """
 
 
+# Fake Slurm tools. State in the bin folder: next_id, jobs ("<id> <array size or 0>" lines),
+# <tool>.calls (one line per call: number of job ids asked about / the arguments).
+FAKE_SBATCH = r"""#!/bin/sh
+D=$(dirname "$0")
+n=$(cat "$D/next_id" 2>/dev/null || echo 1000)
+echo $((n + 1)) > "$D/next_id"
+size=0
+for a; do
+  case $a in --array=0-*) r=${a#--array=0-}; size=$((${r%%%*} + 1));; esac
+done
+echo "$n $size" >> "$D/jobs"
+printf '%s\n' "$*" >> "$D/sbatch.calls"
+echo "$n"
+"""
+FAKE_SQUEUE = r"""#!/bin/sh
+D=$(dirname "$0")
+ids=
+for a; do case $a in --jobs=*) ids=${a#--jobs=};; esac; done
+printf '%s\n' "$ids" | tr ',' '\n' | grep -c . >> "$D/squeue.calls"
+awk -v ids="$ids" 'BEGIN { n = split(ids, a, ","); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+  want[$1] { if ($2 > 0) { for (t = 0; t < $2; t++) print $1 "_" t "|PENDING|JobArrayTaskLimit" }
+             else print $1 "|PENDING|Priority" }' "$D/jobs"
+"""
+FAKE_SCANCEL = r"""#!/bin/sh
+printf '%s\n' "$*" >> "$(dirname "$0")/scancel.calls"
+"""
+
+
+def write(path, text, mode=None):
+    with open(path, "w") as f:
+        f.write(text)
+    if mode:
+        os.chmod(path, mode)
+    return path
+
+
+def lines(path):
+    """The non-empty lines of a file; [] if it is not there."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [l.rstrip("\n") for l in f if l.strip()]
+
+
+def fake_slurm_bin(work, name, **tools):
+    """A folder ``work/name`` with fake sbatch, squeue and scancel (``tools``: others, or
+    other texts for these, by name)."""
+    folder = os.path.join(work, name)
+    os.makedirs(folder)
+    texts = {"sbatch": FAKE_SBATCH, "squeue": FAKE_SQUEUE, "scancel": FAKE_SCANCEL}
+    texts.update(tools)
+    for tool, text in texts.items():
+        write(os.path.join(folder, tool), text, 0o755)
+    return folder
+
+
 def load_hpsearch():
     """The project's ``hpsearch`` module (ROOT put first on sys.path)."""
     if sys.path[:1] != [ROOT]:

@@ -39,65 +39,14 @@ import sys
 import tempfile
 import time
 
-from _common import HPSEARCH, TRAIN, environment, load_hpsearch, report, write_config
+from _common import (HPSEARCH, TRAIN, environment, fake_slurm_bin, lines, load_hpsearch,
+                     report, write, write_config)
 
 hpsearch = load_hpsearch()
 
 N_QUEUED = 1000
 CYCLES = 20
 REPEATS = 3
-
-# Fake Slurm tools. State in the bin folder: next_id, jobs ("<id> <array size or 0>" lines),
-# <tool>.calls (one line per call: number of job ids asked about / the arguments).
-FAKE_SBATCH = r"""#!/bin/sh
-D=$(dirname "$0")
-n=$(cat "$D/next_id" 2>/dev/null || echo 1000)
-echo $((n + 1)) > "$D/next_id"
-size=0
-for a; do
-  case $a in --array=0-*) r=${a#--array=0-}; size=$((${r%%%*} + 1));; esac
-done
-echo "$n $size" >> "$D/jobs"
-printf '%s\n' "$*" >> "$D/sbatch.calls"
-echo "$n"
-"""
-FAKE_SQUEUE = r"""#!/bin/sh
-D=$(dirname "$0")
-ids=
-for a; do case $a in --jobs=*) ids=${a#--jobs=};; esac; done
-printf '%s\n' "$ids" | tr ',' '\n' | grep -c . >> "$D/squeue.calls"
-awk -v ids="$ids" 'BEGIN { n = split(ids, a, ","); for (i = 1; i <= n; i++) want[a[i]] = 1 }
-  want[$1] { if ($2 > 0) { for (t = 0; t < $2; t++) print $1 "_" t "|PENDING|JobArrayTaskLimit" }
-             else print $1 "|PENDING|Priority" }' "$D/jobs"
-"""
-FAKE_SCANCEL = r"""#!/bin/sh
-printf '%s\n' "$*" >> "$(dirname "$0")/scancel.calls"
-"""
-
-
-def write(path, text, mode=None):
-    with open(path, "w") as f:
-        f.write(text)
-    if mode:
-        os.chmod(path, mode)
-    return path
-
-
-def fake_bin(work, name):
-    folder = os.path.join(work, name)
-    os.makedirs(folder)
-    write(os.path.join(folder, "sbatch"), FAKE_SBATCH, 0o755)
-    write(os.path.join(folder, "squeue"), FAKE_SQUEUE, 0o755)
-    write(os.path.join(folder, "scancel"), FAKE_SCANCEL, 0o755)
-    return folder
-
-
-def lines(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [l.rstrip("\n") for l in f if l.strip()]
-
 
 def journal(search_dir):
     entries = []
@@ -119,7 +68,7 @@ def slurm_env(bin_dir):
 
 def bench_backend(work):
     """ClusterBackend + Slurm with 1,000 PENDING jobs: squeue calls per poll cycle."""
-    bin_dir = fake_bin(work, "bin_a1")
+    bin_dir = fake_slurm_bin(work, "bin_a1")
     old_path = os.environ["PATH"]
     os.environ["PATH"] = bin_dir + os.pathsep + old_path   # run_scheduler inherits it
     try:
@@ -167,7 +116,7 @@ def bench_backend(work):
 def launcher_with_fakes(work, label, extra, stop_after, wait_journal=N_QUEUED):
     """Run hpsearch.py over 1,000 configs with the fake tools; SIGINT ``stop_after`` s after
     all runs are journaled as submitted. Returns figures and the bin folder."""
-    bin_dir = fake_bin(work, "bin_" + label)
+    bin_dir = fake_slurm_bin(work, "bin_" + label)
     config = write_config(work, label, N_QUEUED, 0)
     search_dir = os.path.join(work, "search_" + label)
     argv = [sys.executable, HPSEARCH, "--grid_module=" + config, "--run_cwd=" + work,

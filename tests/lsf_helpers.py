@@ -154,6 +154,21 @@ class LsfEmulator(object):
                     pass
 
 
+def cluster_search(project, lsf, flags, **kwargs):
+    """Run ``project``'s search with ``flags`` on the emulator; ``(rc, stdout, stderr)``.
+    ``env``: extra variables; ``timeout``: seconds (90)."""
+    env = dict(lsf.env)
+    env.update(kwargs.pop("env", {}))
+    return project.hpsearch(*flags, env=env, timeout=kwargs.pop("timeout", 90), **kwargs)
+
+
+def ok(res):
+    """``(stdout, stderr)`` of a search that exited 0."""
+    rc, out, err = res
+    assert rc == 0, "exit %s\nstdout:\n%s\nstderr:\n%s" % res
+    return out, err
+
+
 def pid_alive(pid):
     try:
         os.kill(pid, 0)

@@ -15,10 +15,6 @@ two past a rung). This keeps "the best survives" exact and the test free of timi
 Run order is fixed (--deterministic_search): ASHA's outcome depends on the order in which runs
 reach the rungs (the first run at a rung always continues), and a test must not depend on a
 shuffle. Python 3.6+, stdlib + pytest; about 16 s in all.
-
-Two tests fail against hpsearch.py as of 2026-12-05 (a run that reaches --es_max_step can still
-be stopped): test_run_reaching_max_step_is_never_stopped and
-test_run_that_reaches_max_step_is_not_stopped_end_to_end; see their docstrings.
 """
 
 import json
@@ -124,10 +120,7 @@ def toy_project(tmp_path, grid, name="proj"):
     return project
 
 
-def ok(res):
-    rc, out, err = res
-    assert rc == 0, "exit %s\nstdout:\n%s\nstderr:\n%s" % res
-    return out, err
+ok = lh.ok
 
 
 def by_q(search):
@@ -492,8 +485,8 @@ def test_run_that_reaches_max_step_is_not_stopped_end_to_end(tmp_path):
     """q=0.2 runs its 9 epochs at once, writing only epoch 9's summary and then 'finished 1',
     and stays alive 1.5 s more (saving a checkpoint, say). hpsearch first sees it at epoch 9 =
     --es_max_step: it reached the last step and must be recorded finished, not stopped (nor
-    signalled). Fails with the implementation of 2026-12-05: RungTable.report records the
-    value at rungs 1 and 3 and stops the run ("early stopping at epoch 1")."""
+    signalled). A RungTable that recorded the value at rungs 1 and 3 stopped such a run
+    ("early stopping at epoch 1")."""
     project = toy_project(tmp_path, {"q": [1.0, 0.2], "epochs": [9], "pause": [0.1],
                                      "burst_below": [0.5], "linger": [1.5]})
     rc, out, err = project.hpsearch("--deterministic_search", "--es_max_step=9", *ES)

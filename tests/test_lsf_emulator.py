@@ -198,3 +198,77 @@ def test_garbled_bjobs_and_lsb_env_log(lsf):
     submit(lsf, "true", env={"LSB_JOBID": "999", "LSB_MCPU_HOSTS": "h 1"})
     call = lsf.calls("bsub")[-1]
     assert call["lsb_env"] == {"LSB_JOBID": "999", "LSB_MCPU_HOSTS": "h 1"}
+
+
+def test_warning_action_signals_the_job_wt_minutes_before_its_run_limit(lsf):
+    """bsub -W 4 -wa USR1 -wt 2 (LSF minutes of a second here): SIGUSR1 to the job's process
+    group 2 minutes before the limit, once; the job goes on until the limit's SIGUSR2."""
+    job = submit(lsf, "-W", "4", "-wa", "'USR1'", "-wt", "'2'", "-o", "warn.log",
+                 "trap 'echo warned' USR1; i=0; while [ $i -lt 80 ]; do sleep 0.1; "
+                 "i=$((i+1)); done; echo never")
+    lsf.wait_all_finished(timeout=20)
+    el = lsf.elements()[job]
+    assert el["warning_sent"] is not None
+    assert 1.5 <= el["warning_sent"] - el["start_time"] <= 3.0, el
+    assert el["runlimit_hit"] - el["start_time"] >= 3.9, el
+    assert rows(lsf, job)[0][2:5] == ["EXIT", "140", "TERM_RUNLIMIT: job killed after reaching "
+                                      "LSF run time limit"]
+    with open(os.path.join(lsf.dir, "warn.log")) as f:
+        text = f.read()
+    assert text.splitlines().count("warned") == 1 and "never" not in text.splitlines()
+    # from #BSUB lines, two options on one line; -wa alone, or without -W, does nothing
+    job2 = submit(lsf, input="#BSUB -W 2\n#BSUB -wa SIGUSR1 -wt 1\nsleep 3\n")
+    job3 = submit(lsf, "-W", "2", "-wa", "USR1", "sleep 3")
+    job4 = submit(lsf, "-wa", "USR1", "-wt", "1", "sleep 3")
+    lsf.wait_all_finished(timeout=20)
+    els = lsf.elements()
+    assert els[job2]["warning_sent"] and rows(lsf, job2)[0][3] == str(128 + 10)  # USR1 kills
+    assert not els[job3]["warning_sent"] and not els[job4]["warning_sent"]
+    assert rows(lsf, job4)[0][2] == "DONE"
+    rc, out, err = lsf.run("bsub", "-wa", "NOSUCHSIG", "-wt", "1", "true")
+    assert rc == 255 and err.strip().endswith("Job not submitted.")
+    rc, out, err = lsf.run("bsub", "-wa", "USR1", "-wt", "1:xx", "true")
+    assert rc == 255 and err.strip().endswith("Job not submitted.")
+
+
+def test_bparams_shows_max_job_array_size_and_bsub_enforces_it(lsf):
+    rc, out, err = lsf.run("bparams", "-a")
+    assert rc == 0 and re.search(r"^\s*MAX_JOB_ARRAY_SIZE = 1000$", out, re.M), out
+    rc, out, err = lsf.run("bparams")
+    assert rc == 0 and out.startswith("Default Queues:  normal\n")
+    env = {"LSF_EMULATOR_MAX_JOB_ARRAY_SIZE": "4"}
+    rc, out, err = lsf.run("bparams", "-a", env=env)
+    assert re.search(r"^\s*MAX_JOB_ARRAY_SIZE = 4$", out, re.M), out
+    submit(lsf, "-J", "ok[1-4]", "true", env=env)
+    rc, out, err = lsf.run("bsub", "-J", "big[1-5]", "true", env=env)
+    assert (rc, out, err) == (255, "", "Job array index too large. Job not submitted.\n")
+    rc, out, err = lsf.run("bsub", "-J", "big[5]", "true", env=env)   # the index counts
+    assert rc == 255
+    rc, out, err = lsf.run("bparams", "-a", env={"LSF_EMULATOR_FAIL_BPARAMS": "1"})
+    assert rc == 255 and out == ""
+    assert [c["argv"] for c in lsf.calls("bparams")] == [["-a"], [], ["-a"], ["-a"]]
+
+
+def test_job_slot_limit_and_pending_job_threshold(lsf):
+    """MAX_JOBS=1: one element runs, the rest pend. MAX_PEND_JOBS=1: a bsub that would make
+    two pending waits ('Pending job threshold reached. Retrying in ...') until one started;
+    with SUB_TRIES it gives up instead."""
+    env = {"LSF_EMULATOR_MAX_JOBS": "1", "LSF_EMULATOR_MAX_PEND_JOBS": "1",
+           "LSF_EMULATOR_SUB_TRY_INTERVAL": "0.2"}
+    first = submit(lsf, "sleep 1.5", env=env)
+    second = submit(lsf, "sleep 0.2", env=env)
+    lsf.wait_for(lambda: lsf.elements()[first]["stat"] == "RUN", what="RUN")
+    time.sleep(0.3)
+    assert lsf.elements()[second]["stat"] == "PEND"
+    rc, out, err = lsf.run("bsub", "true", env=dict(env, LSB_NTRIES="2"))
+    assert rc == 255 and err.endswith("Pending job threshold reached. Job not submitted.\n")
+    assert re.match(r"^User <[^>]+>: Pending job threshold reached\. Retrying in 0\.2 "
+                    r"seconds\.\.\.$", err.splitlines()[0]), err
+    started = time.time()
+    third = submit(lsf, "true", env=env)   # waits until the second job runs
+    assert time.time() - started >= 0.5
+    assert lsf.calls("bsub")[-1]["pend_waits"] >= 2
+    lsf.wait_all_finished()
+    els = lsf.elements()
+    assert els[second]["start_time"] >= els[first]["finish_time"]
+    assert els[third]["start_time"] >= els[second]["finish_time"]

@@ -3,11 +3,11 @@
 on this machine. Python 3.6+, standard library only. README.md in this folder says what is
 emulated, which IBM documentation pages the formats follow, and the test-only knobs.
 
-The executables ``bsub``, ``bjobs`` and ``bkill`` beside this file call ``main_bsub``,
-``main_bjobs`` and ``main_bkill``. ``python3 lsf_emulator.py run JOBID`` is the detached runner
+The executables ``bsub``, ``bjobs``, ``bkill`` and ``bparams`` beside this file call
+``main_bsub``, ``main_bjobs``, ``main_bkill`` and ``main_bparams``. ``python3 lsf_emulator.py run JOBID`` is the detached runner
 that ``bsub`` starts for each job: it dispatches the job's elements (honouring an array's
 ``%M`` throttle), enforces the run limit, escalates ``bkill`` signals and records how each
-element ended.
+element ended, and sends the warning action (``-wa``/``-wt``) before the run limit.
 
 State lives in ``$LSF_EMULATOR_DIR``:
 
@@ -45,7 +45,8 @@ REASON_RUNLIMIT = "TERM_RUNLIMIT: job killed after reaching LSF run time limit"
 REASON_OWNER = "TERM_OWNER: job killed by owner"
 REASON_CWD = ("TERM_CWD_NOTEXIST: current working directory is not accessible or does not "
               "exist on the execution host")
-MAX_JOB_ARRAY_SIZE = 1000          # lsb.params default
+MAX_JOB_ARRAY_SIZE = 1000          # lsb.params default (LSF_EMULATOR_MAX_JOB_ARRAY_SIZE)
+SUB_TRY_INTERVAL = 60              # lsb.params default: seconds bsub waits before trying again
 RUNLIMIT_GRACE_MINUTES = 10        # SIGUSR2 first, SIGKILL ten minutes later (bsub -W)
 TICK = 0.05                        # the runner's loop period, seconds
 
@@ -59,6 +60,19 @@ def env_float(name, default):
         return float(os.environ.get(name, ""))
     except ValueError:
         return default
+
+
+def env_int(name, default):
+    try:
+        return int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+
+
+def max_job_array_size():
+    """lsb.params MAX_JOB_ARRAY_SIZE: ``LSF_EMULATOR_MAX_JOB_ARRAY_SIZE`` (default 1000)."""
+    value = env_int("LSF_EMULATOR_MAX_JOB_ARRAY_SIZE", MAX_JOB_ARRAY_SIZE)
+    return value if value >= 1 else MAX_JOB_ARRAY_SIZE
 
 
 def state_dir():
@@ -187,13 +201,15 @@ def display_name(job, index):
 # bsub
 # ----------------------------------------------------------------------------------------------
 
-BSUB_VALUE_OPTIONS = {"-J", "-o", "-oo", "-e", "-eo", "-W", "-n", "-R", "-q", "-w", "-P",
+BSUB_VALUE_OPTIONS = {"-J", "-o", "-oo", "-e", "-eo", "-W", "-wa", "-wt", "-n", "-R", "-q",
+                      "-w", "-P",
                       "-M", "-G", "-m", "-u", "-b", "-t", "-g", "-app", "-sla", "-c", "-We",
                       "-cwd", "-L", "-E", "-Ep", "-gpu"}
 BSUB_FLAG_OPTIONS = {"-x", "-N", "-B", "-r", "-rn"}
 BSUB_UNSUPPORTED = {"-I", "-Ip", "-Is", "-K", "-H", "-i", "-is", "-pack"}
 ARRAY_NAME = re.compile(r"^(?P<name>[^\[\]]*)\[(?P<spec>[^\[\]]+)\](?:%(?P<throttle>\d+))?$")
 RUN_LIMIT = re.compile(r"^(?:(?P<h>\d+):)?(?P<m>\d+)(?:/.*)?$")
+WARNING_TIME = re.compile(r"^(?:(?P<h>\d+):)?(?P<m>\d+)$")   # -wt: [hour:]minute, no host
 
 
 class SubmitError(Exception):
@@ -202,7 +218,8 @@ class SubmitError(Exception):
 
 def bsub_usage():
     return ("Usage: bsub [-h] [-V] [-J job_name[index_list]%%max] [-o out_file] [-e err_file]\n"
-            "            [-W [hour:]minute] [-n num_tasks] [-R res_req] [-q queue] [-w dep]\n"
+            "            [-W [hour:]minute] [-wa signal -wt [hour:]minute] [-n num_tasks]\n"
+            "            [-R res_req] [-q queue] [-w dep]\n"
             "            command [argument ...]\n"
             "(LSF emulator; options: %s)\n"
             % " ".join(sorted(BSUB_VALUE_OPTIONS | BSUB_FLAG_OPTIONS)))
@@ -330,9 +347,10 @@ def build_job(opts, command, stdin_script):
                 indices = parse_index_list(m.group("spec"))
             except ValueError:
                 raise SubmitError("Bad job name")
-            if not indices or indices[-1] > MAX_JOB_ARRAY_SIZE:
-                raise SubmitError("The job array index exceeds MAX_JOB_ARRAY_SIZE (%d)"
-                                  % MAX_JOB_ARRAY_SIZE)
+            # "the maximum job array index can never exceed" MAX_JOB_ARRAY_SIZE (bsub -J);
+            # the words are LSF's own (lsberrno LSBE_BIG_IDX)
+            if not indices or indices[-1] > max_job_array_size():
+                raise SubmitError("Job array index too large")
             throttle = int(m.group("throttle")) if m.group("throttle") else None
             if throttle is not None and throttle < 1:
                 raise SubmitError("Bad job name")
@@ -349,6 +367,20 @@ def build_job(opts, command, stdin_script):
             raise SubmitError("Bad RUNLIMIT specification")
         minutes = int(m.group("h") or 0) * 60 + int(m.group("m"))
         runlimit = minutes * env_float("LSF_EMULATOR_SECONDS_PER_MINUTE", 60.0)
+    # -wa SIGNAL with -wt [hour:]minute: the warning action, that long before the run limit's
+    # action; one without the other takes no effect (bsub -wa, bsub -wt).
+    warning_signal = warning_time = None
+    if "-wa" in opts:
+        try:
+            warning_signal = parse_signal(opts["-wa"].strip("'\""))
+        except (AttributeError, ValueError):
+            raise SubmitError("Bad job warning action specification")
+    if "-wt" in opts:
+        m = WARNING_TIME.match(opts["-wt"].strip("'\""))
+        if not m:
+            raise SubmitError("Bad job action warning time specification")
+        warning_time = (int(m.group("h") or 0) * 60 + int(m.group("m"))) * env_float(
+            "LSF_EMULATOR_SECONDS_PER_MINUTE", 60.0)
     slots = opts.get("-n", "1")
     if not re.match(r"^\d+(,\d+)?$", slots) or int(slots.split(",")[0]) < 1:
         raise SubmitError("Bad argument for option -n")
@@ -364,6 +396,8 @@ def build_job(opts, command, stdin_script):
         "command": command, "stdin_script": stdin_script, "submit_time": time.time(),
         "out": out, "out_mode": out_mode, "err": err, "err_mode": err_mode,
         "runlimit": runlimit, "runlimit_text": opts.get("-W"), "slots": slots,
+        "warning_signal": warning_signal, "warning_time": warning_time,
+        "max_jobs": env_int("LSF_EMULATOR_MAX_JOBS", 0),
         "resources": opts.get("-R", []), "project": opts.get("-P", "default"),
         "depend": depend, "options": {k: v for k, v in opts.items()},
         "seconds_per_minute": env_float("LSF_EMULATOR_SECONDS_PER_MINUTE", 60.0),
@@ -373,7 +407,7 @@ def build_job(opts, command, stdin_script):
         "elements": {str(i): {"stat": "PEND", "pid": None, "start_time": None,
                               "finish_time": None, "exit_code": None, "exit_reason": None,
                               "kill_requested": None, "kill_signals": 0,
-                              "runlimit_hit": None} for i in indices},
+                              "runlimit_hit": None, "warning_sent": None} for i in indices},
     }
 
 
@@ -405,6 +439,7 @@ def read_stdin_job(opts):
 def main_bsub(argv):
     rc = 255
     job_id = None
+    waits = 0
     try:
         if argv[:1] in (["-h"], ["-help"]):
             sys.stdout.write(bsub_usage())
@@ -429,6 +464,10 @@ def main_bsub(argv):
                 sys.stderr.write("No command is specified. Job not submitted.\n")
                 return rc
         job = build_job(opts, command, stdin_script)
+        waits, accepted = wait_below_pending_limit(len(job["elements"]))
+        if not accepted:
+            sys.stderr.write("Pending job threshold reached. Job not submitted.\n")
+            return rc
         if should_fail_bsub(opts.get("-J")):
             sys.stderr.write("Failed in an LSF library call: LSF emulator told to fail "
                              "(LSF_EMULATOR_FAIL_BSUB). Job not submitted.\n")
@@ -452,7 +491,37 @@ def main_bsub(argv):
         sys.stderr.write("%s. Job not submitted.\n" % exc)
         return rc
     finally:
-        log_call("bsub", argv, rc, job_id=job_id)
+        log_call("bsub", argv, rc, job_id=job_id, pend_waits=waits)
+
+
+def pending_elements(user):
+    """How many elements of ``user``'s jobs are pending (each array element counts)."""
+    return sum(1 for job in all_jobs() if job["user"] == user
+               for el in job["elements"].values() if el["stat"] == "PEND")
+
+
+def wait_below_pending_limit(new_elements):
+    """``LSF_EMULATOR_MAX_PEND_JOBS=N`` (lsb.users MAX_PEND_JOBS): while the user's pending
+    elements plus this job's would exceed N, bsub says so on stderr and tries again every
+    ``LSF_EMULATOR_SUB_TRY_INTERVAL`` seconds (lsb.params SUB_TRY_INTERVAL, 60), as LSF's bsub
+    does, for ever; with ``LSB_NTRIES=T`` it gives up after T tries.
+    ``(waits, accepted)``: how often it waited, and False when it gave up."""
+    limit = env_int("LSF_EMULATOR_MAX_PEND_JOBS", 0)
+    if limit <= 0:
+        return 0, True
+    interval = env_float("LSF_EMULATOR_SUB_TRY_INTERVAL", SUB_TRY_INTERVAL)
+    tries = env_int("LSB_NTRIES", 0)
+    user = user_name()
+    waits = 0
+    while pending_elements(user) + new_elements > limit:
+        waits += 1
+        if 0 < tries <= waits:
+            return waits - 1, False
+        sys.stderr.write("User <%s>: Pending job threshold reached. Retrying in %g seconds...\n"
+                         % (user, interval))
+        sys.stderr.flush()
+        time.sleep(interval)
+    return waits, True
 
 
 def start_runner(job_id, cwd):
@@ -642,9 +711,16 @@ def run_job(job_id):
                 el["stat"] = "DONE" if code == 0 and not el["exit_reason"] else "EXIT"
                 deliver_output(job, index, el)   # the -o file is complete before DONE/EXIT
                 del ending[index]
-            # signals: bkill escalation (INT, TERM, KILL) and the run limit (USR2, KILL)
+            # signals: bkill escalation (INT, TERM, KILL), the warning action (-wa, -wt before
+            # the run limit) and the run limit (USR2, KILL)
             for index, proc in procs.items():
                 el = els[str(index)]
+                if job.get("warning_signal") is not None and job.get("warning_time") is not None \
+                        and job["runlimit"] is not None and not el.get("warning_sent") \
+                        and not el["kill_requested"] \
+                        and now - el["start_time"] >= job["runlimit"] - job["warning_time"]:
+                    el["warning_sent"] = now
+                    signal_group(proc.pid, job["warning_signal"])
                 if el["kill_requested"]:
                     step = int((now - el["kill_requested"]) / max(job["terminate_interval"],
                                                                   0.01)) + 1
@@ -665,23 +741,46 @@ def run_job(job_id):
             pending = [i for i in element_ids(job) if els[str(i)]["stat"] == "PEND"]
             dep = dependency_state(job) if pending else "ok"
             if pending and dep == "ok":
-                throttle = job["array"]["throttle"] if job["array"] else None
-                running = sum(1 for e in els.values() if e["stat"] == "RUN")
-                for index in pending:
-                    if throttle is not None and running >= throttle:
-                        break
-                    proc = start_element(job, index, els[str(index)])
-                    if proc is not None:
-                        procs[index] = proc
-                        running += 1
-                    else:
-                        deliver_output(job, index, els[str(index)])
+                if job.get("max_jobs"):
+                    # the user's job slot limit counts the elements of all their jobs: count,
+                    # start and record under one lock, so two runners never both take a slot
+                    with Lock(state_path("dispatch.lock")):
+                        dispatch(job, pending, procs)
+                        save_job(job)
+                else:
+                    dispatch(job, pending, procs)
             if json.dumps(job, sort_keys=True) != before:
                 save_job(job)
             waiting = [i for i in element_ids(job) if els[str(i)]["stat"] == "PEND"]
         if not procs and not ending and (not waiting or dep == "never"):
             return   # all ended, or waiting on a dependency that can never be met
         time.sleep(TICK)
+
+
+def dispatch(job, pending, procs):
+    """Start the pending elements the array's %M throttle and the user's job slot limit
+    (``LSF_EMULATOR_MAX_JOBS``, lsb.users MAX_JOBS) allow; the others stay PEND."""
+    els = job["elements"]
+    throttle = job["array"]["throttle"] if job["array"] else None
+    running = sum(1 for e in els.values() if e["stat"] == "RUN")
+    user_running = None
+    if job.get("max_jobs"):
+        user_running = running + sum(
+            1 for other in all_jobs() if other["user"] == job["user"] and other["id"] != job["id"]
+            for e in other["elements"].values() if e["stat"] == "RUN")
+    for index in pending:
+        if throttle is not None and running >= throttle:
+            break
+        if user_running is not None and user_running >= job["max_jobs"]:
+            break
+        proc = start_element(job, index, els[str(index)])
+        if proc is not None:
+            procs[index] = proc
+            running += 1
+            if user_running is not None:
+                user_running += 1
+        else:
+            deliver_output(job, index, els[str(index)])
 
 
 def main_runner(argv):
@@ -1108,6 +1207,72 @@ def kill_job(job_id, index, sig, force):
 
 
 # ----------------------------------------------------------------------------------------------
+# bparams
+# ----------------------------------------------------------------------------------------------
+
+MBD_SLEEP_TIME = 10          # the values lsb.params is installed with for a test cluster
+SBD_SLEEP_TIME = 7
+JOB_ACCEPT_INTERVAL = 1
+
+
+def lsb_params():
+    """The emulated cluster's lsb.params, as ``[(name, value)]``."""
+    return [
+        ("DEFAULT_QUEUE", QUEUE),
+        ("MBD_SLEEP_TIME", MBD_SLEEP_TIME),
+        ("SBD_SLEEP_TIME", SBD_SLEEP_TIME),
+        ("JOB_ACCEPT_INTERVAL", JOB_ACCEPT_INTERVAL),
+        ("CLEAN_PERIOD", int(env_float("LSF_EMULATOR_CLEAN_PERIOD", DEFAULT_CLEAN_PERIOD))),
+        ("JOB_TERMINATE_INTERVAL",
+         "%g" % env_float("LSF_EMULATOR_TERMINATE_INTERVAL", 10.0)),
+        ("MAX_JOB_ARRAY_SIZE", max_job_array_size()),
+        ("SUB_TRY_INTERVAL", "%g" % env_float("LSF_EMULATOR_SUB_TRY_INTERVAL",
+                                               SUB_TRY_INTERVAL)),
+    ]
+
+
+def main_bparams(argv):
+    rc = 0
+    try:
+        rc = _bparams(argv)
+        return rc
+    finally:
+        log_call("bparams", argv, rc)
+
+
+def _bparams(argv):
+    usage = "Usage: bparams [-a] [-l]\n       bparams [-h | -V]\n"
+    flags = set()
+    for word in argv:
+        if word in ("-h", "-help"):
+            sys.stderr.write(usage)
+            return 0
+        if word == "-V":
+            sys.stderr.write("IBM Spectrum LSF 10.1 (LSF emulator for tests)\n")
+            return 0
+        if word not in ("-a", "-l"):
+            sys.stderr.write("bparams: illegal option -- %s\n%s" % (word.lstrip("-"), usage))
+            return 255
+        flags.add(word)
+    if os.environ.get("LSF_EMULATOR_FAIL_BPARAMS", "") not in ("", "0"):
+        sys.stderr.write("LSF is down. Please wait...\nbatch daemon not responding\n")
+        return 255
+    if "-a" in flags or "-l" in flags:
+        # every parameter as NAME = value, one a line (the MAX_JOB_ARRAY_SIZE = 1000 line
+        # is what tools read from "bparams -a")
+        lines = ["lsb.params configuration at %s" % time.ctime()]
+        lines += ["    %s = %s" % (name, value) for name, value in lsb_params()]
+    else:
+        lines = ["Default Queues:  %s" % QUEUE,
+                 "MBD_SLEEP_TIME used for calculations:  %d seconds" % MBD_SLEEP_TIME,
+                 "Job Checking Interval:  %d seconds" % SBD_SLEEP_TIME,
+                 "Job Accepting Interval:  %d seconds" % (JOB_ACCEPT_INTERVAL
+                                                          * MBD_SLEEP_TIME)]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 def main():
     tool = os.path.basename(sys.argv[0])
@@ -1116,9 +1281,10 @@ def main():
         if args[:1] == ["run"] and len(args) == 2:
             return main_runner(args[1:])
         tool, args = (args[0], args[1:]) if args else ("", [])
-    entry = {"bsub": main_bsub, "bjobs": main_bjobs, "bkill": main_bkill}.get(tool)
+    entry = {"bsub": main_bsub, "bjobs": main_bjobs, "bkill": main_bkill,
+             "bparams": main_bparams}.get(tool)
     if entry is None:
-        sys.stderr.write("usage: lsf_emulator.py bsub|bjobs|bkill ARGS  (or run JOBID)\n")
+        sys.stderr.write("usage: lsf_emulator.py bsub|bjobs|bkill|bparams ARGS  (or run JOBID)\n")
         return 2
     return entry(args)
 
