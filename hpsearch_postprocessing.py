@@ -13,13 +13,19 @@ Reads a search folder (``search_record.json`` and ``run_journal.jsonl`` of hpsea
   seed, averaged);
 * prints how many runs finished, stopped early, failed, are running or never started, each run
   that did not finish with its reason, how to run those again (``hpsearch.py --resume``, and
-  per run its command into a fresh output folder), and the best runs as a table;
+  per run its command into a fresh output folder), and the best runs as a table (where the
+  seed varies: the best settings by their mean over seeds, ``--no_seed_average`` to rank
+  single runs);
 * with ``--performance_criteria X`` judges every run with the config's
   ``_PERFORMANCE_EVAL_HANDLE``, then moves the folders of runs it rejects into
   ``SEARCH_DIR/TO_BE_DELETED/`` (nothing is deleted); a run it could not judge (its summary
   lacks a key the handle read, or the handle raised) stays; if it could judge none, nothing
   moves (exit status 2);
-* with ``--html`` writes ``SEARCH_DIR/report.html``: one self-contained page with plots.
+* with ``--html`` writes ``SEARCH_DIR/report.html``: one self-contained page (inline SVG; an
+  optional inline script sorts and filters the tables): which hyperparameters matter, the
+  performance key against each, parallel coordinates of the best, learning curves (from
+  hpsearch_progress.jsonl, kept with --early_stopping), the settings averaged over seeds and
+  every run, each linked to its folder relative to the page.
 
 An output file whose content changes is written anew, the earlier one renamed with a time
 stamp (never overwritten); one whose content would be the same is left as it is. Standard
@@ -27,6 +33,7 @@ library only (CPython 3.6 to 3.13); ``hpsearch.py`` must sit in the same folder.
 """
 
 import argparse
+import bisect
 import collections
 import csv
 import datetime
@@ -37,20 +44,22 @@ import json
 import math
 import os
 import pickle
+import re
 import shlex
 import shutil
 import sys
+import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hpsearch  # noqa: E402  (the folder above must come first on sys.path)
 from hpsearch import (  # noqa: E402
     CONFIG_DEFAULTS, ENDED_STATES, FAILED, FINISHED, KILLED, RUNNING, STOPPED, UNFINISHED,
-    ResultsTable,
-    Run, SearchConfig, SearchFolder, UsageError, atomic_write_text, build_argv, build_config,
-    collect_summary, command_prefix, format_cell, import_config_module, is_finished,
-    last_line_of, one_line, process_start_time, rank_key, render_token, sort_number,
-    why_unfinished)
+    ResultsTable, Run, SearchConfig, SearchFolder, UsageError, atomic_write_text, build_argv,
+    build_config, collect_summary, command_prefix, format_cell, import_config_module,
+    is_finished, last_line_of, one_line, process_start_time, rank_key, render_token,
+    sort_number, why_unfinished)
 
 PROG = "hpsearch_postprocessing"
 
@@ -108,9 +117,32 @@ def value_order(value):
 
 def short_number(value):
     """A value for a narrow column: floats with 4 significant digits, the rest as in the CSV."""
+    return number_text(value, 4)
+
+
+def number_text(value, digits):
+    """Floats with ``digits`` significant digits, the rest as in the CSV."""
     if isinstance(value, float):
-        return "%.4g" % value
+        return "%.*g" % (digits, value)
     return format_cell(value)
+
+
+def distinguishing_digits(values, least=4):
+    """The fewest significant digits (at least ``least``, at most 17, which tells any two
+    floats apart) with which neighbouring distinct numbers of ``values``, sorted, still read
+    differently: 377.147614 and 377.147619 need 9, where 4 would show both as 377.1."""
+    distinct = sorted(set(float(v) for v in values if is_number(v) and math.isfinite(v)))
+    digits = least
+    for a, b in zip(distinct, distinct[1:]):
+        while digits < 17 and "%.*g" % (digits, a) == "%.*g" % (digits, b):
+            digits += 1
+    return digits
+
+
+def column_texts(values):
+    """A column's values as text, each number with the column's distinguishing_digits."""
+    digits = distinguishing_digits(values)
+    return [number_text(v, digits) for v in values]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,10 +175,19 @@ def build_parser():
     p.add_argument("--seed_key", type=str, default="random_seed",
                    help="The argument that holds the random seed: runs that differ only in it "
                         "are averaged in postprocessing_seeds.csv.")
+    p.add_argument("--no_seed_average", action="store_true",
+                   help="Rank and plot single runs even where --seed_key varies. By default "
+                        "runs that differ only in the seed are averaged: the best table, the "
+                        "HTML plots and the parallel coordinates rank settings by the mean "
+                        "of the performance key over their finished runs (mean +- std (n)).")
     p.add_argument("--top", type=int, default=10, metavar="K",
-                   help="Show the best K runs.")
+                   help="Show the best K runs (settings, when seeds are averaged).")
     p.add_argument("--html", action="store_true",
-                   help="Also write SEARCH_DIR/report.html (self-contained, with plots).")
+                   help="Also write SEARCH_DIR/report.html: one self-contained page (no "
+                        "JavaScript needed) with run states, which hyperparameters matter, "
+                        "the performance key against each, the best settings, learning "
+                        "curves (with --early_stopping), and the tables, each run linked to "
+                        "its folder relative to the page.")
     return p
 
 
@@ -160,28 +201,32 @@ class RunStatus(Run):
 
     ``out_dir`` is where its folder is now (or was planned); ``reason`` why it did not finish
     (as search_results.csv's hpsearch_reason); ``notes`` what else is odd about it;
-    ``out_token`` the argument of ``argv`` that names its output folder.
+    ``out_token`` the argument of ``argv`` that names its output folder; ``started`` and
+    ``ended`` the journal's times of its last attempt (see run_times).
     """
 
-    __slots__ = ("notes", "in_trash", "out_token")
+    __slots__ = ("notes", "in_trash", "out_token", "started", "ended", "has_folder")
 
     def __init__(self, index, name, args, argv, out_dir):
         Run.__init__(self, index, name, args, argv, out_dir)
         self.notes = []
         self.in_trash = False
         self.out_token = None
+        self.started = self.ended = None
+        self.has_folder = False
 
 
 class SearchView(object):
     """Everything postprocessing knows about one search."""
 
-    def __init__(self, path, origin, config, arg_keys, runs, run_cwd):
+    def __init__(self, path, origin, config, arg_keys, runs, run_cwd, early_stopping=None):
         self.path = path          # absolute path of the search folder
         self.origin = origin      # 'hpsearch' or 'hypnettorch'
         self.config = config      # a hpsearch.SearchConfig
         self.arg_keys = arg_keys  # argument names, in column order
         self.runs = runs          # RunStatus objects, in run order
         self.run_cwd = run_cwd
+        self.early_stopping = early_stopping  # the record's --early_stopping flags, or None
 
     def file(self, *names):
         return os.path.join(self.path, *names)
@@ -274,7 +319,9 @@ def search_from_record(folder, args):
     owner = hpsearch.JournalOwner(folder, record)
     for run in runs:
         survey_run(run, config, folder.path, journal.get(run.name) or [], local, owner)
-    return SearchView(folder.path, "hpsearch", config, arg_keys, runs, run_cwd)
+    early_stopping = record.get("early_stopping")
+    return SearchView(folder.path, "hpsearch", config, arg_keys, runs, run_cwd,
+                      early_stopping if isinstance(early_stopping, dict) else None)
 
 
 def read_journal(folder):
@@ -389,8 +436,10 @@ def survey_run(run, config, search_path, entries, local=False, owner=None, journ
         run.exit_code = last.get("exit_code")
     recorded = one_line(format_cell(last.get("reason"))) if logged in ENDED_STATES else ""
     run.attempt = last.get("attempt") or 1
+    run.started, run.ended = run_times(entries)
     search = hpsearch.SearchFolder(search_path)
     folder, run.in_trash = search.find_run_dir(run)
+    run.has_folder = folder is not None
     if folder is not None:
         run.out_dir = folder
         run.summary, problem = read_summary(config, run)
@@ -411,6 +460,19 @@ def survey_run(run, config, search_path, entries, local=False, owner=None, journ
     if problem and run.state not in (FINISHED, RUNNING):  # a running run is not done yet
         run.notes.append(problem)
     run.reason = reason_of(run, config, search, logged, recorded, journaled)
+
+
+def run_times(entries):
+    """``(started, ended)`` of the run's last attempt, as the journal has them: when it was
+    launched (on a cluster: submitted, so time in the queue counts) and when it ended; None
+    where the journal does not tell (not started, still running, no journal)."""
+    if not entries:
+        return None, None
+    last = entries[-1]
+    attempt = last.get("attempt")
+    started = next((e.get("time") for e in entries if e.get("attempt") == attempt), None)
+    ended = last.get("time") if last.get("state") in ENDED_STATES else None
+    return tuple(t if is_number(t) else None for t in (started, ended))
 
 
 def reason_of(run, config, search, logged, recorded, journaled):
@@ -750,9 +812,29 @@ def mean_std(values):
     return mean, math.sqrt(var)
 
 
+class Setting(object):
+    """Runs whose arguments are the same but for the seed: ``runs`` (in run order), ``done``
+    (those that finished) and ``stats``, ``{keyword: (mean, std)}`` over the finished runs
+    (see mean_std)."""
+
+    __slots__ = ("runs", "done", "stats", "counts")
+
+    def __init__(self, runs, keywords):
+        self.runs = runs
+        self.done = [r for r in runs if r.state == FINISHED]
+        self.stats, self.counts = {}, {}
+        for kw in keywords:
+            values = [r.summary[kw] for r in self.done if is_number(r.summary.get(kw))]
+            self.stats[kw], self.counts[kw] = mean_std(values), len(values)
+
+    @property
+    def args(self):
+        return self.runs[0].args
+
+
 class SeedTable(object):
-    """One row per group of runs that differ only in the seed; statistics over the group's
-    finished runs."""
+    """One row per Setting (runs that differ only in the seed); statistics over the group's
+    finished runs; best mean of the performance key first (``settings`` in the same order)."""
 
     def __init__(self, view, seed_key):
         self.seed_key = seed_key
@@ -761,21 +843,20 @@ class SeedTable(object):
         self.header = self.keys + ["n", "runs", "seeds"]
         for kw in self.keywords:
             self.header += [kw + "_mean", kw + "_std"]
-        self.rows = [self._row(g) for g in seed_groups(view.runs, view.arg_keys, seed_key)]
+        self.settings = [Setting(g, self.keywords)
+                         for g in seed_groups(view.runs, view.arg_keys, seed_key)]
         perf = view.config.performance_key
-        col = self.header.index(perf + "_mean") if perf in self.keywords else None
-        if col is not None:
-            self.rows = sorted_by(self.rows, lambda row: row[col],
-                                  view.config.performance_sort_asc)
+        if perf in self.keywords:
+            self.settings = sorted_by(self.settings, lambda s: s.stats[perf][0],
+                                      view.config.performance_sort_asc)
+        self.rows = [self._row(s) for s in self.settings]
 
-    def _row(self, group):
-        done = [r for r in group if r.state == FINISHED]
-        first = group[0].args
-        row = [first.get(k) for k in self.keys]
-        seeds = sorted((r.args.get(self.seed_key) for r in done), key=value_order)
-        row += [len(done), len(group), ",".join(format_cell(v) for v in seeds)]
+    def _row(self, setting):
+        row = [setting.args.get(k) for k in self.keys]
+        seeds = sorted((r.args.get(self.seed_key) for r in setting.done), key=value_order)
+        row += [len(setting.done), len(setting.runs), ",".join(format_cell(v) for v in seeds)]
         for kw in self.keywords:
-            row += list(mean_std([r.summary[kw] for r in done if is_number(r.summary.get(kw))]))
+            row += list(setting.stats[kw])
         return row
 
     def write(self, path):
@@ -825,12 +906,44 @@ def top_table(view, ranked, k):
         return ["no run has a number for %r yet" % key]
     args = differing_keys(view.arg_keys, view.runs)
     metrics = [kw for kw in view.config.summary_keywords if kw != "finished"]
-    header = ["#", "run"] + args + metrics + ["state"]
-    rows = []
-    for i, run in enumerate(best, 1):
-        rows.append([str(i), run.name] + [short_number(run.args.get(a)) for a in args]
-                    + [short_number(run.summary.get(m)) for m in metrics] + [run.state])
-    return aligned(header, rows)
+    columns = ([[str(i) for i in range(1, len(best) + 1)], [r.name for r in best]]
+               + [column_texts([r.args.get(a) for r in best]) for a in args]
+               + [column_texts([r.summary.get(m) for r in best]) for m in metrics]
+               + [[r.state for r in best]])
+    return aligned(["#", "run"] + args + metrics + ["state"], [list(r) for r in zip(*columns)])
+
+
+def stats_texts(settings, kw, plus_minus):
+    """``mean +- std (n)`` of ``kw`` per setting (``plus_minus`` between mean and std), the
+    means with the column's distinguishing_digits, the std with 2."""
+    means = column_texts([s.stats[kw][0] for s in settings])
+    texts = []
+    for setting, mean in zip(settings, means):
+        std = setting.stats[kw][1]
+        texts.append("%s%s (%d)" % (mean, "" if std is None else plus_minus + "%.2g" % std,
+                                    setting.counts[kw]) if mean else "")
+    return texts
+
+
+def ranked_settings(seeds, key):
+    """The settings with a mean for ``key``, best first (SeedTable's order)."""
+    return [s for s in seeds.settings if s.stats.get(key, (None,))[0] is not None]
+
+
+def top_settings_table(view, seeds, k):
+    """The best k settings by their mean of the performance key over seeds: the differing
+    arguments (not the seed), each metric as ``mean +- std (n)`` and the runs finished."""
+    key = view.config.performance_key
+    best = ranked_settings(seeds, key)[:k]
+    if not best:
+        return ["no setting has a finished run with a number for %r yet" % key]
+    args = [a for a in differing_keys(view.arg_keys, view.runs) if a != seeds.seed_key]
+    metrics = [key] + [kw for kw in seeds.keywords if kw != key]
+    columns = ([[str(i) for i in range(1, len(best) + 1)]]
+               + [column_texts([s.args.get(a) for s in best]) for a in args]
+               + [stats_texts(best, m, " +- ") for m in metrics]
+               + [["%d/%d" % (len(s.done), len(s.runs)) for s in best]])
+    return aligned(["#"] + args + metrics + ["finished"], [list(r) for r in zip(*columns)])
 
 
 def not_finished(runs):
@@ -906,9 +1019,9 @@ def exit_codes(runs):
     return ", ".join("exit %s: %d" % (c, n) for c, n in order)
 
 
-def print_report(view, ranked, k, out=None):
+def print_report(view, ranked, k, out=None, seeds=None):
     """Counts, the runs that did not finish with their reasons, how to run them again and
-    the best runs."""
+    the best runs (the best settings, averaged over seeds, when ``seeds`` is a SeedTable)."""
     w = (out or sys.stdout).write
     w("%s: %s (%s search, %d runs)\n" % (PROG, view.path, view.origin, len(view.runs)))
     for state, n in count_states(view.runs):
@@ -938,22 +1051,153 @@ def print_report(view, ranked, k, out=None):
         w("\nto run again the %d run(s) that did not finish:\n" % len(missed))
         w("".join(line + "\n" for line in rerun_lines(view, missed)))
     order = "lowest" if view.config.performance_sort_asc else "highest"
-    w("\nbest %d runs by %s (finished runs first, %s first):\n"
-      % (k, view.config.performance_key, order))
-    w("".join("  " + line + "\n" for line in top_table(view, ranked, k)))
+    if seeds is not None:
+        w("\nbest %d settings by the mean of %s over --%s (mean +- std (n finished runs), "
+          "%s first):\n" % (k, view.config.performance_key, seeds.seed_key, order))
+        table = top_settings_table(view, seeds, k)
+    else:
+        w("\nbest %d runs by %s (finished runs first, %s first):\n"
+          % (k, view.config.performance_key, order))
+        table = top_table(view, ranked, k)
+    w("".join("  " + line + "\n" for line in table))
 
 
 # ----------------------------------------------------------------------------------------------
-# HTML report: one page, inline SVG, no script
+# What the HTML report computes: which hyperparameters matter, learning curves
 # ----------------------------------------------------------------------------------------------
 
-STATE_COLORS = {
-    FINISHED: "#2ca02c", STOPPED: "#bcbd22", UNFINISHED: "#ff7f0e", FAILED: "#d62728",
-    KILLED: "#9467bd",
-    RUNNING: "#1f77b4", MISSING: "#7f7f7f", NOT_STARTED: "#c7c7c7",
-}
-TABLE_ROWS = 1000       # rows of the results table shown (the CSV has all)
-TITLES_UP_TO = 3000     # points get hover titles while the search is at most this big
+IMPORTANCE_BINS = 10  # numbers with more distinct values (drawn, not a grid) go into this many
+
+
+def arg_value_key(value):
+    """value_key, for argument values that may be ABSENT."""
+    return ("", ABSENT) if value is ABSENT else value_key(value)
+
+
+def effect_groups(values):
+    """A group label per value for a main effect: the value itself, or, for numbers with more
+    than IMPORTANCE_BINS distinct values (drawn from a distribution), its quantile bin (equal
+    values share a bin)."""
+    numbers = sorted(float(v) for v in values if is_number(v))
+    if len(set(numbers)) <= IMPORTANCE_BINS:
+        return [arg_value_key(v) for v in values]
+    cuts = [numbers[len(numbers) * i // IMPORTANCE_BINS] for i in range(1, IMPORTANCE_BINS)]
+    return [("bin", bisect.bisect_right(cuts, float(v))) if is_number(v) else arg_value_key(v)
+            for v in values]
+
+
+def finite_perf_value(run, key):
+    y = perf_value(run, key)
+    return y if y is not None and math.isfinite(y) else None
+
+
+def main_effect_shares(runs, keys, perf_key):
+    """``(shares, n)``: for each of ``keys``, ``(key, share, groups)``, largest share first,
+    over the ``n`` finished runs with a number for ``perf_key``. A key's share is the variance
+    of the group means of its values (weighted by group size) over the total variance: the
+    part its main effect explains (functional ANOVA). In a full grid the shares add up to at
+    most 1; where they add up to more (random draws, conditions: the keys are not
+    independent) they are scaled to sum to 1. Empty when fewer than 2 runs or no variance."""
+    scored = [(r, finite_perf_value(r, perf_key)) for r in runs if r.state == FINISHED]
+    scored = [(r, y) for r, y in scored if y is not None]
+    ys = [y for _, y in scored]
+    mean = math.fsum(ys) / len(ys) if ys else 0.0
+    total = math.fsum((y - mean) ** 2 for y in ys)
+    if len(ys) < 2 or not total > 0:
+        return [], len(ys)
+    shares = []
+    for key in keys:
+        by_group = collections.defaultdict(list)
+        for label, y in zip(effect_groups([r.args.get(key, ABSENT) for r, _ in scored]), ys):
+            by_group[label].append(y)
+        between = math.fsum(len(g) * (math.fsum(g) / len(g) - mean) ** 2
+                            for g in by_group.values())
+        shares.append((key, min(1.0, between / total), len(by_group)))
+    scale = max(1.0, math.fsum(share for _, share, _ in shares))
+    shares = [(key, share / scale, groups) for key, share, groups in shares]
+    shares.sort(key=lambda ksg: -ksg[1])
+    return shares, len(ys)
+
+
+PROGRESS_SUFFIX = ".progress.jsonl"  # hpsearch.JOB_FILES: hpsearch_progress.jsonl in the folder
+
+
+def read_curve(search, run, key):
+    """``[(step, value)]`` of ``key`` in the run's summary history, hpsearch_progress.jsonl (in
+    its folder; in jobs/ while it goes), in the order seen; damaged lines are skipped."""
+    try:
+        with open(search.log_of(run, PROGRESS_SUFFIX), "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            step, value = entry["step"], entry["values"][key]
+        except (ValueError, KeyError, TypeError):
+            continue
+        step, value = sort_number(format_cell(step)), sort_number(format_cell(value))
+        if step is not None and value is not None and math.isfinite(step + value):
+            points.append((step, value))
+    return points
+
+
+def read_curves(view):
+    """``[(run, points)]`` in run order, for runs with at least one point (read_curve). hpsearch
+    keeps summary histories only with --early_stopping: without it, nothing is read."""
+    if not view.early_stopping:
+        return []
+    search = SearchFolder(view.path)
+    key = view.config.performance_key
+    found = ((run, read_curve(search, run, key)) for run in view.runs
+             if run.state not in (MISSING, NOT_STARTED))
+    return [(run, points) for run, points in found if points]
+
+
+def run_images(run):
+    """The image files in the run's folder (the script's plots), by name."""
+    try:
+        names = os.listdir(run.out_dir)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def run_href(view, run):
+    """The run folder as a link relative to the report's folder (so the page works in a
+    copied search folder), or None when it has no folder."""
+    if not run.has_folder:
+        return None
+    folder, name = os.path.split(run.out_dir)
+    rel = name if folder == view.path else os.path.relpath(run.out_dir, view.path)
+    return urllib.parse.quote(rel.replace(os.sep, "/")) + "/"
+
+
+def duration_text(seconds):
+    """Two significant digits below 10 s (a quick run is not '0.0 s'), else minutes, hours."""
+    if seconds < 10:
+        return "%.2g s" % seconds
+    if seconds < 120:
+        return "%.0f s" % seconds
+    if seconds < 7200:
+        return "%.1f min" % (seconds / 60.0)
+    return "%.1f h" % (seconds / 3600.0)
+
+
+def run_duration(run, now):
+    """``(seconds, text)`` from the journal's times (run_times): launch to end, or to ``now``
+    for a running run ('so far'); ``(None, '')`` when unknown."""
+    if run.started is None or (run.ended is None and run.state != RUNNING):
+        return None, ""
+    if run.ended is None:
+        return now - run.started, duration_text(now - run.started) + " so far"
+    return run.ended - run.started, duration_text(run.ended - run.started)
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML report: scales
+# ----------------------------------------------------------------------------------------------
 
 
 def esc(value):
@@ -979,15 +1223,14 @@ def nice_ticks(lo, hi, count=5):
 
 
 class Scale(object):
-    """Maps values of one variable onto pixels [a, b]: linear, log10 (numbers spanning two
-    decades or more), or categories (bands, for text, flags and absent values). Numbers that
-    take at most DISCRETE values (a grid) are marked at those values and spread a little."""
+    """Maps values of one variable onto pixels [a, b] (``place`` moves them): linear, log10
+    (numbers spanning two decades or more), or categories (bands, for text, lists, flags and
+    absent values). Numbers that take at most DISCRETE values (a grid) are marked at those
+    values and spread a little."""
 
     DISCRETE = 10
 
-    def __init__(self, values, a, b, discrete=True):
-        self.a, self.b = a, b
-        self.spread = 0.0
+    def __init__(self, values, a=0.0, b=1.0, discrete=True):
         self.marks = None
         numbers = [float(v) for v in values if is_number(v) and math.isfinite(v)]
         if values and len(numbers) == len(values):
@@ -996,10 +1239,10 @@ class Scale(object):
             self.kind = "category"
             seen = {}
             for v in values:
-                seen.setdefault(self._key(v), v)
+                seen.setdefault(arg_value_key(v), v)
             self.categories = sorted(seen.items(), key=lambda kv: value_order(kv[1]))
             self.slot = {k: i for i, (k, _) in enumerate(self.categories)}
-            self.spread = 0.6 * abs(b - a) / len(self.categories)
+        self.place(a, b)
 
     def _numeric(self, numbers, discrete):
         lo, hi = min(numbers), max(numbers)
@@ -1013,44 +1256,49 @@ class Scale(object):
         distinct = sorted(set(numbers))
         if discrete and len(distinct) <= self.DISCRETE:
             self.marks = distinct
-            px = [self(v) for v in distinct]
+
+    def place(self, a, b):
+        """Map onto pixels [a, b]; points of equal value spread less than their gaps."""
+        self.a, self.b = a, b
+        self.spread = 0.0
+        if self.kind == "category":
+            self.spread = 0.6 * self.band()
+        elif self.marks is not None:
+            px = [self(v) for v in self.marks]
             gaps = [abs(q - p) for p, q in zip(px, px[1:])]
             self.spread = min([0.5 * g for g in gaps] + [16.0])
+        return self
 
-    @staticmethod
-    def _key(value):
-        return ("", ABSENT) if value is ABSENT else value_key(value)
+    def band(self):
+        """The pixels of one category (no limit for numbers)."""
+        if self.kind != "category":
+            return float("inf")
+        return abs(self.b - self.a) / float(len(self.categories))
 
     def __call__(self, value, jitter=0.0):
         """The pixel of ``value``; ``jitter`` in [-0.5, 0.5) spreads points of equal value."""
         if self.kind == "category":
             step = (self.b - self.a) / float(len(self.categories))
-            return self.a + step * (self.slot[self._key(value)] + 0.5) + jitter * self.spread
+            return (self.a + step * (self.slot[arg_value_key(value)] + 0.5)
+                    + jitter * self.spread)
         x = float(value)
         if self.kind == "log":
             x = math.log10(x)
         return (self.a + (x - self.lo) / (self.hi - self.lo) * (self.b - self.a)
                 + jitter * self.spread)
 
-    def ticks(self, min_gap=12.0):
-        """``[(value, label)]`` to mark on the axis, at least ``min_gap`` pixels apart."""
+    def ticks(self):
+        """``[(value, label)]`` that may be marked on the axis (see spaced), labels as text."""
         if self.kind == "category":
-            marks = [(v, esc(v)) for _, v in self.categories]
-        elif self.marks is not None:
-            marks = [(v, "%.4g" % v) for v in self.marks]
-        elif self.kind == "log":
+            return [(v, value_label(v)) for _, v in self.categories]
+        if self.marks is not None:
+            digits = distinguishing_digits(self.marks)
+            return [(v, number_text(v, digits)) for v in self.marks]
+        if self.kind == "log":
             lo, hi = int(math.ceil(self.lo)), int(math.floor(self.hi))
             exps = list(range(lo, hi + 1)) or [int(round((self.lo + self.hi) / 2))]
-            marks = [(10.0 ** e, "1e%d" % e) for e in exps]
-        else:
-            marks = [(t, "%.4g" % t) for t in nice_ticks(self.lo, self.hi)]
-        kept, last = [], None
-        for value, label in marks:
-            pos = self(value)
-            if last is None or abs(pos - last) >= min_gap:
-                kept.append((value, label))
-                last = pos
-        return kept
+            return [(10.0 ** e, "1e%d" % e) for e in exps]
+        return [(t, "%.4g" % t) for t in nice_ticks(self.lo, self.hi)]
 
 
 def jitter(i):
@@ -1062,184 +1310,721 @@ def perf_value(run, key):
     return sort_number(format_cell((run.summary or {}).get(key)))
 
 
-def svg_axes(x_scale, y_scale, box, x_label, y_label):
-    """Frame, ticks and labels of a plot; ``box`` = (left, top, right, bottom)."""
-    left, top, right, bottom = box
-    parts = ['<rect x="%d" y="%d" width="%d" height="%d" class="frame"/>'
+# ----------------------------------------------------------------------------------------------
+# HTML report: SVG pieces (text sized so that none is cut)
+# ----------------------------------------------------------------------------------------------
+
+STATE_COLORS = {
+    FINISHED: "#2ca02c", STOPPED: "#bcbd22", UNFINISHED: "#ff7f0e", FAILED: "#d62728",
+    KILLED: "#9467bd",
+    RUNNING: "#1f77b4", MISSING: "#7f7f7f", NOT_STARTED: "#c7c7c7",
+}
+CURVE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                "#17becf", "#bcbd22", "#7f7f7f")
+TABLE_ROWS = 1000       # rows of a results table shown (the CSVs have all)
+POINTS_UP_TO = 3000     # each point a linked element with a title while there are this few runs
+FAINT_CURVES = 2000     # learning curves drawn faint behind the best (the best-ranked of the rest)
+THUMBNAILS = 4          # images shown small per run, for the best --top runs
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".svg", ".gif")
+FONT = {"tl": 10, "al": 12}   # SVG text classes: tick labels, axis titles (see CSS)
+PLOT_W, PLOT_H = 440, 300
+WIDE, NARROW = set("mwMW@%"), set("ijlftr.,:;|!'()[]{} ")
+
+
+def text_width(text, size):
+    """A generous estimate of the width of ``text`` in a sans-serif font of ``size`` (no
+    layout engine here): margins are made from it, so it errs on the wide side."""
+    return size * sum(1.0 if c in WIDE else 0.42 if c in NARROW else 0.82 if c.isupper()
+                      else 0.68 for c in text)
+
+
+def svg_text(x, y, text, cls, anchor="start", room=None):
+    """A ``<text>`` element; where ``text`` would be wider than ``room``, it is squeezed to
+    fit (textLength), so a long axis title stays whole and inside the plot."""
+    squeeze = ""
+    if room is not None and text_width(text, FONT[cls]) > room:
+        squeeze = ' textLength="%.1f" lengthAdjust="spacingAndGlyphs"' % room
+    return '<text x="%.1f" y="%.1f" class="%s" text-anchor="%s"%s>%s</text>' % (
+        x, y, cls, anchor, squeeze, esc(text))
+
+
+def fitted_label(text, room, size):
+    """``text`` cut to fit ``room`` (ending in an ellipsis), for tick labels."""
+    if text_width(text, size) <= room:
+        return text
+    while text and text_width(text + "\u2026", size) > room:
+        text = text[:-1]
+    return text + "\u2026"
+
+
+def tick_label(x, y, text, anchor, room):
+    """A tick label cut to ``room``; a cut label carries the whole text as its title."""
+    shown = fitted_label(text, room, FONT["tl"])
+    title = "<title>%s</title>" % esc(text) if shown != text else ""
+    return ('<text x="%.1f" y="%.1f" class="tl" text-anchor="%s">%s%s</text>'
+            % (x, y, anchor, esc(shown), title))
+
+
+def spaced(scale, marks, gap_of):
+    """The ``(value, label)`` marks kept so that neighbours are ``gap_of(a, b)`` pixels apart."""
+    kept, last = [], None
+    for value, label in marks:
+        pos = scale(value)
+        if last is None or abs(pos - last[0]) >= gap_of(last[1], label):
+            kept.append((value, label))
+            last = (pos, label)
+    return kept
+
+
+def svg_open(width, height):
+    """An SVG that shrinks to its container's width (viewBox, width 100%), never wider than
+    ``width`` pixels (text stays at its size on a wide page)."""
+    return ('<svg viewBox="0 0 %d %d" width="100%%" class="plot" style="max-width:%dpx" '
+            'preserveAspectRatio="xMinYMin meet">' % (width, height, width))
+
+
+def axes_svg(x_scale, y_scale, width, height, x_title, y_title):
+    """Place both scales in a ``width`` x ``height`` plot, then its frame, ticks and titles:
+    the y title above the frame, the x title below it, both whole. The margins follow the
+    tick labels, so no label sticks out of the plot."""
+    top, bottom = 26, height - 40
+    y_scale.place(bottom, top)
+    y_marks = spaced(y_scale, y_scale.ticks(), lambda a, b: 14)
+    x_marks = x_scale.ticks()
+    widest_x = max([text_width(label, FONT["tl"]) for _, label in x_marks] + [0])
+    left = max([text_width(label, FONT["tl"]) + 14 for _, label in y_marks]
+               + [widest_x / 2 + 4, 40])
+    right = width - (14 if x_scale.kind == "category" else max(14, widest_x / 2 + 4))
+    x_scale.place(left, right)
+    room = x_scale.band() - 4
+    x_marks = spaced(x_scale, [(v, fitted_label(label, room, FONT["tl"])) for v, label in x_marks],
+                     lambda a, b: (text_width(a, FONT["tl"]) + text_width(b, FONT["tl"])) / 2 + 6)
+    parts = ['<rect x="%.1f" y="%d" width="%.1f" height="%d" class="frame"/>'
              % (left, top, right - left, bottom - top)]
-    for value, label in x_scale.ticks(min_gap=36):
+    for value, label in x_marks:
         x = x_scale(value)
         parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" class="tick"/>'
                      % (x, bottom, x, bottom + 4))
-        parts.append('<text x="%.1f" y="%d" class="tl" text-anchor="middle">%s</text>'
-                     % (x, bottom + 15, label))
-    for value, label in y_scale.ticks(min_gap=14):
+        parts.append(tick_label(x, bottom + 15, label, "middle", room + 4))
+    for value, label in y_marks:
         y = y_scale(value)
-        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" class="grid"/>'
+        parts.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" class="grid"/>'
                      % (left, y, right, y))
-        parts.append('<text x="%d" y="%.1f" class="tl" text-anchor="end">%s</text>'
-                     % (left - 5, y + 3, label))
-    parts.append('<text x="%d" y="%d" class="al" text-anchor="middle">%s</text>'
-                 % ((left + right) // 2, bottom + 32, esc(x_label)))
-    parts.append('<text x="12" y="%d" class="al" text-anchor="middle" '
-                 'transform="rotate(-90 12 %d)">%s</text>'
-                 % ((top + bottom) // 2, (top + bottom) // 2, esc(y_label)))
+        parts.append(tick_label(left - 5, y + 3, label, "end", left - 8))
+    parts.append(svg_text(width / 2.0, height - 8, x_title, "al", "middle", width - 8))
+    parts.append(svg_text(4, 15, y_title, "al", "start", width - 8))
     return parts
 
 
-def scatter_svg(key, plotted, perf_key, titles):
-    """The performance key against one hyperparameter; one ``class="pt"`` circle per run."""
-    width, height = 400, 270
-    box = (60, 12, width - 14, height - 44)
-    xs = [r.args.get(key, ABSENT) for r, _ in plotted]
-    x_scale = Scale(xs, box[0], box[2])
-    y_scale = Scale([y for _, y in plotted], box[3], box[1], discrete=False)
-    parts = ['<svg width="%d" height="%d" class="plot">' % (width, height)]
-    parts += svg_axes(x_scale, y_scale, box, key, perf_key)
-    order = sorted(range(len(plotted)), key=lambda i: plotted[i][0].state != FINISHED)
-    for i in order:  # finished runs first, so that the others are drawn on top
-        run, y = plotted[i]
-        cx = x_scale(xs[i], jitter(run.index))
-        title = ("<title>%s: %s=%s, %s=%s</title>" % (esc(run.name), esc(key), esc(xs[i]),
-                                                      esc(perf_key), "%.6g" % y)
-                 if titles else "")
-        parts.append('<circle class="pt" cx="%.1f" cy="%.1f" r="3.2" fill="%s">%s</circle>'
-                     % (cx, y_scale(y), STATE_COLORS[run.state], title))
+def point_title(run, key, x, perf_key, y):
+    return "<title>%s: %s=%s, %s=%s</title>" % (esc(run.name), esc(key), esc(value_label(x)),
+                                                esc(perf_key), "%.6g" % y)
+
+
+def points_svg(singles, xs, scales, key, perf_key, faint, hrefs):
+    """One point per run: a linked ``<circle>`` with a title each while ``hrefs`` (run name
+    -> link) is given, else one path of dots per state, on whole pixels, a dot drawn once
+    however many runs fall on it (a small page for a large search). Finished runs first, so
+    that the others are drawn on top."""
+    x_scale, y_scale = scales
+    order = sorted(range(len(singles)), key=lambda i: singles[i][0].state != FINISHED)
+    if hrefs is None:
+        dots = collections.OrderedDict()
+        for i in order:
+            run, y = singles[i]
+            dots.setdefault(run.state, set()).add((int(x_scale(xs[i], jitter(run.index))),
+                                                   int(y_scale(y))))
+        return ['<path class="dots%s" stroke="%s" d="%s"/>'
+                % (" faint" if faint else "", STATE_COLORS[state],
+                   "".join("M%d %dh0" % xy for xy in sorted(d)))
+                for state, d in dots.items()]
+    parts = []
+    for i in order:
+        run, y = singles[i]
+        circle = '<circle class="%s" cx="%.1f" cy="%.1f" r="%s" fill="%s">%s</circle>' % (
+            "pf" if faint else "pt", x_scale(xs[i], jitter(run.index)), y_scale(y),
+            "2.6" if faint else "3.2", STATE_COLORS[run.state],
+            point_title(run, key, xs[i], perf_key, y))
+        parts.append(link_html(hrefs.get(run.name), circle, False))
+    return parts
+
+
+def means_svg(averages, key, scales, perf_key):
+    """Each setting's mean (a dark point, linked to its row of the settings table) with an
+    error bar of one standard deviation."""
+    x_scale, y_scale = scales
+    parts = []
+    for rank, setting, (mean, std) in averages:
+        x_value = setting.args.get(key, ABSENT)
+        x, y = x_scale(x_value, jitter(rank)), y_scale(mean)
+        if std:
+            lo, hi = y_scale(mean - std), y_scale(mean + std)
+            parts.append('<path class="eb" d="M%.1f %.1fV%.1fM%.1f %.1fh6M%.1f %.1fh6"/>'
+                         % (x, lo, hi, x - 3, lo, x - 3, hi))
+        point = ('<circle class="pm" cx="%.1f" cy="%.1f" r="4"><title>setting #%d: %s=%s, '
+                 '%s=%s (n=%d)</title></circle>' % (
+                     x, y, rank, esc(key), esc(value_label(x_value)), esc(perf_key),
+                     esc(mean_std_text(mean, std, "%.6g")), setting.counts[perf_key]))
+        parts.append(link_html("#s%d" % rank if rank <= TABLE_ROWS else None, point, False))
+    return parts
+
+
+def scatter_svg(key, singles, averages, perf_key, y_title, hrefs):
+    """The performance key against one hyperparameter: a point per run (faint behind the
+    means when ``averages``, ``[(rank, setting, (mean, std))]``, are given)."""
+    xs = [r.args.get(key, ABSENT) for r, _ in singles]
+    ys = [y for _, y in singles]
+    for _, _, (mean, std) in averages or ():
+        ys += [mean - (std or 0.0), mean + (std or 0.0)]
+    scales = (Scale(xs), Scale(ys, discrete=False))
+    parts = [svg_open(PLOT_W, PLOT_H)]
+    parts += axes_svg(scales[0], scales[1], PLOT_W, PLOT_H, key, y_title)
+    parts += points_svg(singles, xs, scales, key, perf_key, bool(averages), hrefs)
+    if averages:
+        parts += means_svg(averages, key, scales, perf_key)
     parts.append("</svg>")
     return "".join(parts)
 
 
-def parallel_svg(keys, best, perf_key):
-    """Parallel coordinates of the best runs: one axis per hyperparameter, then the key."""
-    width, height = max(520, 140 * (len(keys) + 1)), 340
-    top, bottom, left, right = 30, height - 30, 70, width - 70
+def parallel_svg(keys, lines, perf_key):
+    """Parallel coordinates: one axis per hyperparameter, then the performance key; ``lines``
+    ``[(title, href, values)]`` best first, each a polyline coloured by rank (a legend says
+    how). Axis titles alternate between two rows, the axes as far apart as the longest title
+    needs (within reason: the plot shrinks to the page), each title fitted to its room."""
     axes = keys + [perf_key]
-    step = (right - left) / float(max(1, len(axes) - 1))
-    columns = [[r.args.get(k, ABSENT) for r in best] for k in keys]
-    columns.append([perf_value(r, perf_key) for r in best])
-    scales = [Scale(col, bottom, top) for col in columns[:-1]]
-    scales.append(Scale(columns[-1], bottom, top, discrete=False))
-    parts = ['<svg width="%d" height="%d" class="plot">' % (width, height)]
-    for i, run in reversed(list(enumerate(best))):  # the best run drawn last, on top
-        shade = 0.15 + 0.7 * i / max(1, len(best) - 1)
-        points = " ".join("%.1f,%.1f" % (left + j * step, scales[j](columns[j][i]))
+    height, top, bottom, side = 360, 44, 340, 70
+    longest = max(text_width(axis, FONT["al"]) for axis in axes)
+    step = min(260.0, max(120.0, longest / 2 + 8)) if len(axes) > 1 else 0.0
+    width = int(max(1000, step * (len(axes) - 1) + 2 * side))   # the page's width at 1,400 px
+    if len(axes) > 1:
+        step = (width - 2.0 * side) / (len(axes) - 1)
+    columns = [[values[j] for _, _, values in lines] for j in range(len(axes))]
+    scales = [Scale(col, bottom, top, discrete=(j < len(keys))) for j, col in enumerate(columns)]
+    parts = [svg_open(width, height)]
+    for i in reversed(range(len(lines))):  # the best drawn last, on top
+        title, href, _ = lines[i]
+        points = " ".join("%.1f,%.1f" % (side + j * step, scales[j](columns[j][i]))
                           for j in range(len(axes)))
-        color = "rgb(%d,%d,%d)" % (int(30 + 200 * shade), int(80 + 150 * shade), 200)
-        parts.append('<polyline class="pc" points="%s" stroke="%s"><title>#%d %s</title>'
-                     '</polyline>' % (points, color, i + 1, esc(run.name)))
+        line = '<polyline class="pc" points="%s" stroke="%s"><title>#%d %s</title></polyline>' % (
+            points, rank_color(i, len(lines)), i + 1, esc(title))
+        parts.append(link_html(href, line, False))
     for j, (axis, scale) in enumerate(zip(axes, scales)):
-        x = left + j * step
+        x = side + j * step
         parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" class="axis"/>'
                      % (x, top, x, bottom))
-        parts.append('<text x="%.1f" y="%d" class="al" text-anchor="middle">%s</text>'
-                     % (x, top - 12, esc(axis)))
-        for value, label in scale.ticks():
-            parts.append('<text x="%.1f" y="%.1f" class="tl" text-anchor="end">%s</text>'
-                         % (x - 4, scale(value) + 3, label))
+        parts.append(axis_title(x, 15 if j % 2 == 0 else 31, axis, step, width))
+        for value, label in spaced(scale, scale.ticks(), lambda a, b: 13):
+            parts.append(tick_label(x - 4, scale(value) + 3, label, "end", min(step, side) - 8))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def axis_title(x, y, text, step, width):
+    """A parallel axis' title, centred on its axis, or from the plot's edge for the first
+    and last axis; it may reach as far as the neighbouring titles in its row leave room."""
+    half = step - 4 if step else width / 2.0 - 4
+    if x - half < 2:
+        return svg_text(2, y, text, "al", "start", x + half - 2)
+    if x + half > width - 2:
+        return svg_text(width - 2, y, text, "al", "end", width - 2 - (x - half))
+    return svg_text(x, y, text, "al", "middle", 2 * half)
+
+
+def rank_color(i, n):
+    """Dark blue for the best, fading to light blue for the n-th."""
+    shade = 0.8 * i / max(1, n - 1)
+    return "rgb(%d,%d,%d)" % (int(20 + 190 * shade), int(60 + 170 * shade), int(170 + 70 * shade))
 
 
 def status_svg(counts):
-    """One bar per state."""
-    width, row = 560, 24
+    """One bar per state, its count beside it."""
+    width, row, label_right, bar = 620, 24, 250, 300
     most = max([n for _, n in counts] + [1])
-    parts = ['<svg width="%d" height="%d" class="plot">' % (width, row * len(counts) + 8)]
+    parts = [svg_open(width, row * len(counts) + 8)]
     for i, (state, n) in enumerate(counts):
         y = 4 + i * row
-        parts.append('<text x="200" y="%d" class="tl" text-anchor="end">%s</text>'
-                     % (y + 15, esc(STATE_LABELS[state])))
-        parts.append('<rect class="bar" x="208" y="%d" width="%.1f" height="%d" fill="%s"/>'
-                     % (y + 3, 300.0 * n / most, row - 6, STATE_COLORS[state]))
-        parts.append('<text x="%.1f" y="%d" class="tl">%d</text>'
-                     % (214 + 300.0 * n / most, y + 15, n))
+        parts.append(svg_text(label_right, y + 15, STATE_LABELS[state], "tl", "end",
+                              label_right - 4))
+        length = float(bar) * n / most
+        parts.append('<rect class="bar" x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>'
+                     % (label_right + 8, y + 3, length, row - 6, STATE_COLORS[state]))
+        parts.append(svg_text(label_right + 14 + length, y + 15, str(n), "tl"))
     parts.append("</svg>")
     return "".join(parts)
 
 
-def results_table_html(view, ranked):
-    columns = result_columns(view)
-    out_arg = view.config.out_arg
-    rows = []
-    for run in ranked[:TABLE_ROWS]:
-        cells = dict(run.args)
-        cells.update(run.summary or {})
-        cells[out_arg] = os.path.relpath(run.out_dir, view.path)
-        cells[hpsearch.STATE_COLUMN] = run.state
-        cells[hpsearch.EXIT_COLUMN] = run.exit_code
-        cells[hpsearch.REASON_COLUMN] = run.reason
-        rows.append("<tr class=\"%s\">%s</tr>" % (run.state, "".join(
-            "<td>%s</td>" % esc(short_number(cells.get(c))) for c in columns)))
-    more = ""
-    if len(ranked) > TABLE_ROWS:
-        more = "<p>The first %d of %d runs; %s has them all.</p>" % (
-            TABLE_ROWS, len(ranked), RESULTS_NAME)
-    return ("<table><thead><tr>%s</tr></thead><tbody>%s</tbody></table>%s"
-            % ("".join("<th>%s</th>" % esc(c) for c in columns), "".join(rows), more))
+def importance_svg(shares):
+    """A bar per hyperparameter, largest share first, and one for what no main effect
+    explains (interactions between hyperparameters, seeds, noise)."""
+    rest = max(0.0, 1.0 - math.fsum(share for _, share, _ in shares))
+    rows = [(key, share, "imp") for key, share, _ in shares]
+    rows.append(("rest: interactions, seeds, noise", rest, "imp rest"))
+    label_right = min(280, max(text_width(key, FONT["tl"]) for key, _, _ in rows) + 10)
+    width, row, bar = 640, 22, 280
+    parts = [svg_open(width, row * len(rows) + 8)]
+    for i, (key, share, cls) in enumerate(rows):
+        y = 4 + i * row
+        parts.append(tick_label(label_right - 6, y + 14, key, "end", label_right - 10))
+        parts.append('<rect class="%s" x="%.1f" y="%d" width="%.1f" height="%d" '
+                     'data-share="%r"/>' % (cls, label_right, y + 3, bar * share, row - 6, share))
+        parts.append(svg_text(label_right + bar * share + 6, y + 14, "%.1f %%" % (100 * share),
+                              "tl"))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def curves_svg(best, others, step_key, y_title):
+    """The performance key against the step: ``best`` ``[(run, points, colour, href)]`` in
+    colour, ``others`` ``[(run, points)]`` faint behind them; where a run was stopped early a
+    cross, where it still runs an open circle, at its last point."""
+    steps = [s for _, points in others for s, _ in points]
+    steps += [s for _, points, _, _ in best for s, _ in points]
+    values = [v for _, points in others for _, v in points]
+    values += [v for _, points, _, _ in best for _, v in points]
+    x_scale, y_scale = Scale(steps, discrete=False), Scale(values, discrete=False)
+    parts = [svg_open(2 * PLOT_W, PLOT_H)]
+    parts += axes_svg(x_scale, y_scale, 2 * PLOT_W, PLOT_H, step_key, y_title)
+
+    def line(points, cls, color="", title=""):
+        return '<polyline class="%s" points="%s"%s>%s</polyline>' % (cls, " ".join(
+            "%.1f,%.1f" % (x_scale(s), y_scale(v)) for s, v in points),
+            ' stroke="%s"' % color if color else "", title)
+
+    def end_mark(run, points, color):
+        x, y = x_scale(points[-1][0]), y_scale(points[-1][1])
+        if run.state == STOPPED:
+            return '<path class="stop" d="M%.1f %.1fl8 8m0 -8l-8 8" stroke="%s"/>' % (
+                x - 4, y - 4, color)
+        if run.state == RUNNING:
+            return '<circle class="going" cx="%.1f" cy="%.1f" r="4" stroke="%s"/>' % (
+                x, y, color)
+        return ""
+
+    for run, points in others:
+        parts += [line(points, "cf"), end_mark(run, points, "#999")]
+    for run, points, color, href in reversed(best):
+        drawn = line(points, "cb", color, "<title>%s</title>" % esc(run.name))
+        parts += [link_html(href, drawn, False),
+                  end_mark(run, points, color)]
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML report: tables and the page
+# ----------------------------------------------------------------------------------------------
+
+
+def value_label(value, digits=4, items=2):
+    """A value for a cell or a tick: numbers with ``digits`` significant digits; a list (per
+    task values) as its first ``items`` and an ellipsis."""
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(value_label(v, digits) for v in value[:items])
+        return "[%s%s]" % (shown, ", \u2026" if len(value) > items else "")
+    return str(value) if value is ABSENT else number_text(value, digits)
+
+
+def value_cell(value, digits, cls=""):
+    """A ``<td>``: value_label with ``digits``, the whole value as its title where it is
+    shortened, a number's exact value in data-v (for sorting)."""
+    text, whole = value_label(value, digits), format_cell(value)
+    attrs = ' class="%s"' % cls if cls else ""
+    if is_number(value) and math.isfinite(value):
+        attrs += ' data-v="%r"' % value
+    if text != whole:
+        attrs += ' title="%s"' % esc(whole)
+    return "<td%s>%s</td>" % (attrs, esc(text))
+
+
+def value_cells(values, cls=""):
+    """A column's cells, each number with the column's distinguishing_digits."""
+    digits = distinguishing_digits(values)
+    return [value_cell(v, digits, cls) for v in values]
+
+
+def mean_std_text(mean, std, number_format):
+    return (number_format % mean) + ("" if std is None else " \u00b1 %.2g" % std)
+
+
+def stats_cells(settings, kw, cls=""):
+    """``mean ± std (n)`` cells of ``kw``, the mean in data-v (empty where no finished run
+    has a number for it)."""
+    stats = [s.stats.get(kw, (None, None)) for s in settings]
+    digits = distinguishing_digits([mean for mean, _ in stats])
+    cells = []
+    for s, (mean, std) in zip(settings, stats):
+        if mean is None:
+            cells.append('<td class="%s"></td>' % cls)
+            continue
+        cells.append('<td class="%s" data-v="%r">%s (%d)</td>' % (
+            cls, mean, esc(mean_std_text(mean, std, "%%.%dg" % digits)), s.counts[kw]))
+    return cells
+
+
+EMPTY_CELL = re.compile(r"<td[^>]*></td>\Z")
+
+
+def table_html(header, columns, row_attrs, key_column, optional=()):
+    """A sortable table from cell columns, column ``key_column`` (the performance key)
+    highlighted; a column named in ``optional`` is left out when all its cells are empty."""
+    keep = [j for j, col in enumerate(columns)
+            if header[j] not in optional or not all(EMPTY_CELL.match(c) for c in col)]
+    head = "".join('<th%s>%s</th>' % (' class="key"' if j == key_column else "",
+                                      esc(header[j])) for j in keep)
+    body = "".join("<tr%s>%s</tr>" % (attrs, "".join(columns[j][i] for j in keep))
+                   for i, attrs in enumerate(row_attrs))
+    return ('<div class="scroll"><table class="sortable"><thead><tr>%s</tr></thead>'
+            "<tbody>%s</tbody></table></div>" % (head, body))
+
+
+def link_cell(href, text):
+    return "<td>%s</td>" % link_html(href, text)
+
+
+def files_cell(href, images, thumbnails):
+    """Links to the run's images; the first THUMBNAILS shown small when ``thumbnails``."""
+    links = []
+    for i, name in enumerate(images):
+        src = href + urllib.parse.quote(name)
+        if thumbnails and i < THUMBNAILS:
+            links.append('<a href="%s"><img src="%s" alt="%s" title="%s" loading="lazy" '
+                         'class="thumb"></a>' % (src, src, esc(name), esc(name)))
+        else:
+            links.append(link_html(src, name))
+    return "<td>%s</td>" % " ".join(links)
+
+
+def runs_table_html(view, ranked, hrefs, varying, top_k):
+    """Every run (the first TABLE_ROWS), best first: its folder (linked), the performance key
+    (highlighted), the other keywords, the arguments that vary, state, reason, duration and
+    the images in its folder (thumbnails for the best ``top_k``)."""
+    rows = ranked[:TABLE_ROWS]
+    key = view.config.performance_key
+    metrics = [key] + [kw for kw in view.config.summary_keywords if kw not in (key, "finished")]
+    now = time.time()
+    durations = [run_duration(run, now) for run in rows]
+    header = ["#", "run"] + metrics + varying + ["state", "reason", "duration", "files"]
+    columns = [["<td>%d</td>" % i for i in range(1, len(rows) + 1)],
+               [link_cell(hrefs.get(r.name), r.name) for r in rows]]
+    columns += [value_cells([(r.summary or {}).get(m) for r in rows], "key" if m == key else "")
+                for m in metrics]
+    columns += [value_cells([r.args.get(a, ABSENT) for r in rows]) for a in varying]
+    columns += [["<td>%s</td>" % esc(state_text(r)) for r in rows],
+                [reason_cell(r.reason) for r in rows],
+                ['<td data-v="%r">%s</td>' % (s, t) if s is not None else "<td></td>"
+                 for s, t in durations],
+                [files_cell(hrefs.get(r.name), run_images(r) if hrefs.get(r.name) else [],
+                            i < top_k) for i, r in enumerate(rows)]]
+    return (table_html(header, columns, [' class="%s"' % r.state for r in rows], 2,
+                       ("reason", "duration", "files"))
+            + more_rows(len(ranked), "runs", RESULTS_NAME))
+
+
+def more_rows(total, what, csv_name):
+    """A line under a table that shows only the first TABLE_ROWS rows."""
+    if total <= TABLE_ROWS:
+        return ""
+    return "<p>The first %d of %d %s; %s has them all.</p>" % (TABLE_ROWS, total, what, csv_name)
+
+
+def settings_table_html(view, seeds, hrefs, varying):
+    """One row per setting (runs that differ only in the seed), best mean first:
+    ``mean ± std (n)`` of each keyword (the performance key first, highlighted), the
+    arguments that vary and a link to each run, named by its seed. Row ``s<rank>`` is where
+    a mean's point in the plots links to."""
+    settings = seeds.settings[:TABLE_ROWS]
+    key = view.config.performance_key
+    metrics = [key] + [kw for kw in seeds.keywords if kw != key]
+    header = ["#"] + metrics + varying + ["runs (by %s)" % seeds.seed_key]
+    columns = [["<td>%d</td>" % i for i in range(1, len(settings) + 1)]]
+    columns += [stats_cells(settings, m, "key" if m == key else "") for m in metrics]
+    columns += [value_cells([s.args.get(a, ABSENT) for s in settings]) for a in varying]
+    columns.append(["<td>%s</td>" % " ".join(seed_link(r, hrefs.get(r.name), seeds.seed_key)
+                                             for r in s.runs) for s in settings])
+    attrs = [' id="s%d"' % i for i in range(1, len(settings) + 1)]
+    return (table_html(header, columns, attrs, 1)
+            + more_rows(len(seeds.settings), "settings", SEEDS_NAME))
+
+
+def seed_link(run, href, seed_key):
+    """The run's seed, linked to its folder; a run that did not finish is marked by its
+    colour and says its state in a title (a search of many runs keeps its page small)."""
+    seed = esc(value_label(run.args.get(seed_key, ABSENT)))
+    if run.state != FINISHED:
+        seed = '<span class="%s" title="%s">%s</span>' % (run.state, esc(state_text(run)), seed)
+    return link_html(href, seed, False)
+
+
+def reason_cell(reason, most=80):
+    """The reason, cut to ``most`` characters; the whole of a cut one as its title."""
+    if len(reason) <= most:
+        return "<td>%s</td>" % esc(reason)
+    return '<td title="%s">%s\u2026</td>' % (esc(reason), esc(reason[:most - 1]))
+
+
+def swatch(color, label, shape="dot"):
+    return '<span class="%s" style="background:%s"></span> %s' % (shape, color, label)
+
+
+def direction_text(config):
+    return "lower is better" if config.performance_sort_asc else "higher is better"
+
+
+class ReportData(object):
+    """What the page shows, computed once: the runs with a number for the performance key
+    (``singles``, best first), the settings' means when seeds are averaged (``averages``,
+    ``[(rank, setting, (mean, std))]``), the varying arguments and the links to run folders
+    (``hrefs``, run name -> relative link: all runs of the tables, every run of the plots
+    while there are at most POINTS_UP_TO). ``varying``: the arguments that vary, but the
+    seed when seeds are averaged; ``run_keys``: all that vary."""
+
+    def __init__(self, view, ranked, seeds, top_k):
+        self.key = key = view.config.performance_key
+        self.seeds = seeds
+        self.top_k = top_k
+        self.singles = [(r, y) for r, y in ((r, finite_perf_value(r, key)) for r in ranked)
+                        if y is not None]
+        self.run_keys = differing_keys(view.arg_keys, view.runs)  # the seed too
+        self.varying = [k for k in self.run_keys if seeds is None or k != seeds.seed_key]
+        self.constant = [k for k in view.arg_keys if k not in self.varying
+                         and (seeds is None or k != seeds.seed_key)]
+        self.averages = None
+        if seeds is not None:
+            self.averages = [(i, s, s.stats[key]) for i, s in
+                             enumerate(ranked_settings(seeds, key), 1)]
+        linked = list(ranked[:TABLE_ROWS])
+        if seeds is not None:
+            linked += [r for s in seeds.settings[:TABLE_ROWS] for r in s.runs]
+        self.points_linked = len(view.runs) <= POINTS_UP_TO
+        if self.points_linked:
+            linked = view.runs
+        self.hrefs = {r.name: run_href(view, r) for r in linked}
+        self.y_title = "%s (%s)" % (key, direction_text(view.config))
+
+
+def state_legend(states):
+    return ", ".join(swatch(STATE_COLORS[st], esc(STATE_LABELS[st])) for st in STATE_ORDER
+                     if st in states)
+
+
+def scatter_section(data):
+    body = ["<h2>%s against each hyperparameter</h2>" % esc(data.key)]
+    if not data.singles:
+        return body + ["<p>No run has a number for %s yet.</p>" % esc(data.key)]
+    if not data.varying:
+        return body + ["<p>No hyperparameter varies in this search.</p>"]
+    states = set(r.state for r, _ in data.singles)
+    if data.averages:
+        body.append('<p class="legend">%s mean of a setting\'s finished runs (linked to its '
+                    'row), bar: &plusmn; 1 standard deviation; faint behind: single runs, '
+                    'by state: %s. Points of equal value are spread sideways.</p>'
+                    % (swatch("#222", ""), state_legend(states)))
+    else:
+        body.append('<p class="legend">One point per run with a number for %s (linked to '
+                    'its folder), by state: %s. Points of equal value are spread sideways.</p>'
+                    % (esc(data.key), state_legend(states)))
+    hrefs = data.hrefs if data.points_linked else None
+    body.append('<div class="plots">%s</div>' % "".join(
+        scatter_svg(k, data.singles, data.averages, data.key, data.y_title, hrefs)
+        for k in data.varying))
+    return body
+
+
+def importance_section(view, data):
+    shares, n = main_effect_shares(view.runs, data.varying, data.key)
+    body = ["<h2>Which hyperparameters matter</h2>"]
+    if not shares:
+        return body + ["<p>Needs at least two finished runs with different values of %s and "
+                       "a hyperparameter that varies.</p>" % esc(data.key)]
+    body.append("<p>The share of the variance of %s over the %d finished runs that each "
+                "hyperparameter's main effect explains: the variance of the means per value "
+                "(numbers with more than %d values: per quantile bin), weighted by the runs "
+                "per value, over the total variance; shares are scaled to sum to at most 1. "
+                "With few runs per value, noise alone gives a share of about (values - 1) / "
+                "(runs - 1).</p>" % (esc(data.key), n, IMPORTANCE_BINS))
+    body.append(importance_svg(shares))
+    return body
+
+
+def parallel_section(data):
+    best_settings = data.averages[:data.top_k] if data.averages else None
+    if not data.varying or not (best_settings or data.singles):
+        return []
+    if best_settings:
+        lines = [(", ".join("%s=%s" % (k, value_label(s.args.get(k, ABSENT)))
+                            for k in data.varying), "#s%d" % rank,
+                  [s.args.get(k, ABSENT) for k in data.varying] + [stats[0]])
+                 for rank, s, stats in best_settings]
+        what, noun = "settings (means over seeds)", "setting"
+    else:
+        lines = [(r.name, data.hrefs.get(r.name), [r.args.get(k, ABSENT) for k in data.varying]
+                  + [y]) for r, y in data.singles[:data.top_k]]
+        what, noun = "runs", "run"
+    legend = ('<p class="legend">One line per %s, linked; colour by rank: '
+              '<span class="ramp"></span> from #1 (dark) to #%d (light). %s.</p>'
+              % (noun, len(lines), esc(data.y_title)))
+    return ["<h2>The best %d %s, parallel coordinates</h2>" % (len(lines), what), legend,
+            parallel_svg(data.varying, lines, data.key)]
+
+
+def curves_section(view, data, ranked):
+    body = ["<h2>Learning curves</h2>"]
+    curves = read_curves(view)
+    if not curves:
+        return body + ["<p>No learning curves: hpsearch keeps each run's summary history "
+                       "(hpsearch_progress.jsonl in its folder) only with --early_stopping%s."
+                       "</p>" % (", and no run has one yet" if view.early_stopping else "")]
+    by_name = dict((run.name, points) for run, points in curves)
+    order = [r for r in ranked if r.name in by_name]
+    colored = order[:min(data.top_k, len(CURVE_COLORS))]
+    best = [(r, by_name[r.name], CURVE_COLORS[i], data.hrefs.get(r.name))
+            for i, r in enumerate(colored)]
+    others = [(r, by_name[r.name]) for r in order[len(colored):][:FAINT_CURVES]]
+    step_key = view.early_stopping.get("es_step_key") or "step"
+    shown = len(order) - len(colored)
+    legend = ["%s %s" % (swatch(color, "", "line"), link_html(href, r.name))
+              for r, _, color, href in best]
+    legend.append("%s the other %d run(s)%s" % (
+        swatch("#bbb", "", "line"), shown,
+        " (the best %d of them)" % FAINT_CURVES if shown > FAINT_CURVES else ""))
+    legend.append("&times; stopped by early stopping, &#9675; still running")
+    body.append('<p class="legend">%s against %s as each run reported it, the best %d runs '
+                'in colour: %s.</p>' % (esc(data.y_title), esc(step_key), len(best),
+                                        "; ".join(legend)))
+    body.append('<div>%s</div>' % curves_svg(best, others, step_key, data.y_title))
+    return body
+
+
+def link_html(href, content, text=True):
+    """``content`` linked to ``href`` (when there is one); ``text``: content to escape."""
+    content = esc(content) if text else content
+    return '<a href="%s">%s</a>' % (href, content) if href else content
+
+
+def constant_settings(view, keys):
+    return ", ".join('<span title="%s">%s=%s</span>' % (
+        esc(format_cell(view.runs[0].args.get(k))), esc(k),
+        esc(value_label(view.runs[0].args.get(k, ABSENT)))) for k in keys)
+
+
+def report_html(view, ranked, top_k, seeds=None):
+    """The whole page: states, which hyperparameters matter, the performance key against
+    each of them, parallel coordinates of the best, learning curves, then the tables (the
+    settings averaged over seeds when ``seeds`` is a SeedTable, and every run)."""
+    data = ReportData(view, ranked, seeds, top_k)
+    body = ["<h1>Search %s</h1>" % esc(os.path.basename(view.path)),
+            "<p>%s &middot; %s search &middot; %d runs &middot; report written %s</p>"
+            % (esc(view.path), view.origin, len(view.runs),
+               datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")),
+            '<p>Performance key: <b class="key">%s</b>, %s.</p>'
+            % (esc(data.key), direction_text(view.config))]
+    if seeds is not None:
+        body.append("<p>Runs that differ only in %s are averaged: %d settings; plots and "
+                    "tables rank settings by the mean of %s over their finished runs, shown "
+                    "as mean &plusmn; standard deviation (n runs).</p>"
+                    % (esc(seeds.seed_key), len(seeds.settings), esc(data.key)))
+    if data.constant:
+        body.append('<p class="constant">The same in every run: %s</p>'
+                    % constant_settings(view, data.constant))
+    sections = [("states", ["<h2>Run states</h2>", status_svg(count_states(view.runs))]),
+                ("importance", importance_section(view, data)),
+                ("plots", scatter_section(data)),
+                ("parallel", parallel_section(data)),
+                ("curves", curves_section(view, data, ranked))]
+    if seeds is not None:
+        sections.append(("settings", [
+            "<h2>Settings, averaged over %s, best mean first</h2>" % esc(seeds.seed_key),
+            settings_table_html(view, seeds, data.hrefs, data.varying)]))
+    sections.append(("runs", ["<h2>Results, best first</h2>",
+                              runs_table_html(view, ranked, data.hrefs, data.run_keys, top_k)]))
+    body += ['<section id="%s">\n%s\n</section>' % (name, "\n".join(parts))
+             for name, parts in sections if parts]
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+            "content=\"width=device-width\"><title>%s</title><style>%s</style></head><body>\n"
+            "%s\n<script>%s</script>\n</body></html>\n"
+            % (esc(os.path.basename(view.path)), CSS, "\n".join(body), SCRIPT))
+
+
+def write_report(view, ranked, top_k, seeds=None):
+    path = view.file(REPORT_NAME)
+    return (path,) + write_output(path, report_html(view, ranked, top_k, seeds))
 
 
 CSS = """
 body { font-family: sans-serif; margin: 24px; color: #222; background: #fff; }
 h1 { font-size: 20px; } h2 { font-size: 17px; margin-top: 28px; }
-.plots { display: flex; flex-wrap: wrap; gap: 10px; }
-.plot { background: #fff; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr));
+         gap: 12px; }
+.plot { display: block; background: #fff; height: auto; }
 .frame { fill: #fafafa; stroke: #999; }
 .grid { stroke: #e4e4e4; } .tick, .axis { stroke: #777; }
-.tl { font-size: 10px; fill: #444; } .al { font-size: 12px; fill: #000; }
+.tl { font-size: 10px; fill: #444; paint-order: stroke; stroke: #fff; stroke-width: 2px;
+      stroke-linejoin: round; } .al { font-size: 12px; fill: #000; }
 .pt { fill-opacity: 0.75; stroke: #333; stroke-width: 0.4; }
-.key { display: inline-block; width: 10px; height: 10px; border-radius: 5px; }
+.pf { fill-opacity: 0.25; stroke: none; }
+.pm { fill: #222; stroke: #fff; stroke-width: 1; } .eb { stroke: #222; stroke-width: 1.2; }
+.dots { fill: none; stroke-width: 6; stroke-linecap: round; stroke-opacity: 0.6; }
+.dots.faint { stroke-width: 5; stroke-opacity: 0.2; }
 .pc { fill: none; stroke-width: 2; stroke-opacity: 0.85; }
+.cf { fill: none; stroke: #bbb; stroke-opacity: 0.5; stroke-width: 1; }
+.cb { fill: none; stroke-width: 2; } .stop { stroke-width: 2; fill: none; }
+.going { fill: #fff; stroke-width: 2; }
+.imp { fill: #4c72b0; } .imp.rest { fill: #ccc; }
+.dot { display: inline-block; width: 10px; height: 10px; border-radius: 5px; }
+.line { display: inline-block; width: 18px; height: 3px; vertical-align: middle; }
+.ramp { display: inline-block; width: 80px; height: 8px;
+        background: linear-gradient(to right, rgb(20,60,170), rgb(172,196,226)); }
+.legend { font-size: 13px; }
+b.key, th.key { background: #ffe27a; } td.key { background: #fff4c2; font-weight: bold; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 12px; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
-th { background: #eee; }
+th { background: #eee; } img.thumb { height: 48px; vertical-align: middle; }
 tr.failed td, tr.killed td { background: #fde2e2; } tr.unfinished td { background: #fff0dd; }
+tr.stopped td { background: #f6f6d8; }
 tr.running td { background: #e2eefd; } tr.missing td, tr.not_started td { color: #888; }
+span.failed, span.killed { color: #c00; } span.unfinished, span.stopped { color: #b60; }
+span.running, span.missing, span.not_started { color: #888; }
+input.filter { margin: 6px 0; }
 """
 
-
-def report_html(view, ranked, top_k):
-    """The whole page: states, one scatter plot per varying argument, parallel coordinates
-    of the best ``top_k`` runs, the results table."""
-    key = view.config.performance_key
-    plotted = [(r, y) for r, y in ((r, perf_value(r, key)) for r in ranked) if y is not None]
-    varying = differing_keys(view.arg_keys, view.runs)
-    constant = [k for k in view.arg_keys if k not in varying]
-    titles = len(view.runs) <= TITLES_UP_TO
-    body = ["<h1>Search %s</h1>" % esc(os.path.basename(view.path)),
-            "<p>%s &middot; %s search &middot; %d runs &middot; report written %s</p>"
-            % (esc(view.path), view.origin, len(view.runs),
-               datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")),
-            "<h2>Run states</h2>", status_svg(count_states(view.runs))]
-    body.append("<h2>%s against each hyperparameter</h2>" % esc(key))
-    if not plotted:
-        body.append("<p>No run has a number for %s yet.</p>" % esc(key))
-    elif not varying:
-        body.append("<p>No hyperparameter varies in this search.</p>")
-    else:
-        states = [st for st in STATE_ORDER if any(r.state == st for r, _ in plotted)]
-        body.append('<p>One point per run with a number for %s, coloured by state: %s. '
-                    'Points of equal value are spread sideways.</p>' % (esc(key), ", ".join(
-                        '<span class="key" style="background:%s"></span> %s'
-                        % (STATE_COLORS[st], esc(STATE_LABELS[st])) for st in states)))
-        body.append('<div class="plots">%s</div>' % "".join(
-            scatter_svg(k, plotted, key, titles) for k in varying))
-    if constant:
-        body.append("<p>The same in every run: %s</p>" % ", ".join(
-            "%s=%s" % (esc(k), esc(short_number(view.runs[0].args.get(k)))) for k in constant))
-    best = [r for r, _ in plotted[:top_k]]
-    if best and varying:
-        body.append("<h2>The best %d runs, parallel coordinates</h2>" % len(best))
-        body.append(parallel_svg(varying, best, key))
-    body.append("<h2>Results, best first</h2>")
-    body.append(results_table_html(view, ranked))
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>%s</title><style>%s"
-            "</style></head><body>\n%s\n</body></html>\n"
-            % (esc(os.path.basename(view.path)), CSS, "\n".join(body)))
-
-
-def write_report(view, ranked, top_k):
-    path = view.file(REPORT_NAME)
-    return (path,) + write_output(path, report_html(view, ranked, top_k))
+# Optional: click a header to sort, type to filter the rows. The page is whole without it.
+SCRIPT = """
+(function () {
+  function value(row, i) {
+    var cell = row.cells[i], v = cell.getAttribute("data-v");
+    return v !== null ? parseFloat(v) : cell.textContent.toLowerCase();
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    var body = table.tBodies[0];
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+      th.title = "click to sort";
+      th.style.cursor = "pointer";
+      th.addEventListener("click", function () {
+        var up = th.getAttribute("data-up") !== "1", rows = [].slice.call(body.rows);
+        th.setAttribute("data-up", up ? "1" : "0");
+        rows.sort(function (a, b) {
+          var x = value(a, i), y = value(b, i);
+          if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
+          return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1);
+        });
+        rows.forEach(function (row) { body.appendChild(row); });
+      });
+    });
+    var box = document.createElement("input");
+    box.type = "search";
+    box.placeholder = "filter rows";
+    box.className = "filter";
+    box.addEventListener("input", function () {
+      var q = box.value.toLowerCase();
+      Array.prototype.forEach.call(body.rows, function (row) {
+        row.style.display = row.textContent.toLowerCase().indexOf(q) < 0 ? "none" : "";
+      });
+    });
+    table.parentNode.insertBefore(box, table);
+  });
+})();
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1288,6 +2073,7 @@ def _main(argv):
         notices += criteria_notices(view, args.performance_criteria, moved, unjudged)
     ranked = sort_runs(view)
     notices.append(wrote(*write_results(view, ranked)))
+    seeds = None
     if args.seed_key in view.arg_keys:
         seeds = SeedTable(view, args.seed_key)
         earlier, changed = seeds.write(view.file(SEEDS_NAME))
@@ -1296,9 +2082,11 @@ def _main(argv):
     else:
         notices.append("no argument %r in this search (see --seed_key): no %s"
                        % (args.seed_key, SEEDS_NAME))
+    if args.no_seed_average or args.seed_key not in differing_keys(view.arg_keys, view.runs):
+        seeds = None  # nothing to average: rank single runs
     if args.html:
-        notices.append(wrote(*write_report(view, ranked, args.top)))
-    print_report(view, ranked, args.top)
+        notices.append(wrote(*write_report(view, ranked, args.top, seeds)))
+    print_report(view, ranked, args.top, seeds=seeds)
     print("")
     print("\n".join(notices))
     sys.stdout.flush()

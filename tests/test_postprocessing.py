@@ -287,7 +287,20 @@ def test_real_search_counts_table_seeds_and_rerun_commands(tmp_path):
     assert [r["acc_mean"] for r in rows] == ["0.75", "0.25", ""]
     assert [r["acc_std"] for r in rows] == ["0.0", "0.0", ""]
 
-    # The top table: 3 rows, the differing arguments (all three vary here).
+    # The top table: random_seed varies, so settings averaged over it, best mean first; the
+    # acc=0.5 setting has no finished run.
+    table = out[out.index("best 3 settings by the mean of acc over --random_seed"):]
+    lines = table.splitlines()[1:]
+    assert re.split(r"\s{2,}", lines[0].strip()) == ["#", "acc", "exit", "acc", "loss",
+                                                      "finished"]
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines[2:4]] == [
+        ["1", "0.75", "0.75 +- 0 (2)", "1 +- 0 (2)", "2/2"],
+        ["2", "0.25", "0.25 +- 0 (2)", "1 +- 0 (2)", "2/2"]]
+    assert not lines[4].strip()
+
+    # With --no_seed_average: single runs, the differing arguments (all three vary here).
+    rc, out, err = run_post([search.path, "--top", "3", "--no_seed_average"])
+    assert rc == 0, (out, err)
     table = out[out.index("best 3 runs by acc"):]
     lines = table.splitlines()[1:]
     assert lines[0].split() == ["#", "run", "acc", "random_seed", "exit", "acc", "loss",
@@ -816,7 +829,8 @@ def test_html_report_is_self_contained(tmp_path):
     assert rc == 0, (out, err)
     with open(os.path.join(path, "report.html"), encoding="utf-8") as f:
         text = f.read()
-    assert "<script" not in text.lower()
+    # One inline script at most (sorting and filtering the tables), nothing loaded.
+    assert re.findall(r"<script[^>]*>", text.lower()) == ["<script>"]
     assert "http:" not in text and "https:" not in text and "url(" not in text
     assert len(re.findall(r'class="pt"', text)) == HTML_POINTS
     assert len(re.findall(r'class="pc"', text)) == 5

@@ -77,7 +77,7 @@ def test_a_failed_run_with_a_high_partial_value_ranks_after_every_finished_run(t
         page = f.read()
     table = page[page.index("<h2>Results, best first</h2>"):]
     assert re.findall(r'<tr class="(\w+)">', table) == [r["hpsearch_state"] for r in rows]
-    names = re.findall(r"<td>(sim_\d+_\d+)</td>", table)
+    names = re.findall(r'<td>(?:<a href="[^"]*">)?(sim_\d+_\d+)(?:</a>)?</td>', table)
     assert names == [run_name(k) for k in RANKED_ORDER]
     best = dict((int(n), name) for n, name in re.findall(r"<title>#(\d+) (sim_\d+_\d+)</title>",
                                                           page))
