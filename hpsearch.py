@@ -2476,10 +2476,11 @@ def run_scheduler(argv, env=None, timeout=120, stdin_text=None):
     try:
         # In a session of its own: a signal to the launcher's job (LSF -wa, Grid Engine's
         # s_rt warning go to its whole process group) must not kill a submission midway.
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              input=stdin_text, stdin=None if stdin_text is not None
-                              else subprocess.DEVNULL, env=env, timeout=timeout,
-                              universal_newlines=True, start_new_session=True)
+        # Python 3.6 refuses stdin= beside input=, even stdin=None
+        feed = {"input": stdin_text} if stdin_text is not None else {"stdin": subprocess.DEVNULL}
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                              timeout=timeout, universal_newlines=True, start_new_session=True,
+                              **feed)
     except OSError as exc:
         raise SchedulerError("cannot run %s: %s" % (argv[0], exc.strerror))
     except subprocess.TimeoutExpired:
