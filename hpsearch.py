@@ -3259,9 +3259,7 @@ class ClusterBackend(Backend):
 
     def _unsubmitted(self):
         """Forget the runs gathered but not submitted (they run again on --resume)."""
-        count = len(self.filling) + sum(len(u) for u in self.units)
         self.filling, self.units, self.hold_until = [], [], None
-        return count
 
     def stop(self, grace, hurry=lambda: False):
         """Cancel every queued or running job in one call, or leave them (--detach)."""
@@ -3717,6 +3715,8 @@ class Search(object):
 
     # Longest wait for an event before the loop looks at the stop flag again.
     SIGNAL_CHECK = 0.5
+    # Seconds between Ctrl-C's SIGTERM to the runs and their SIGKILL (a second Ctrl-C: at once).
+    STOP_GRACE = 5.0
 
     def __init__(self, config, folder, runs, backend, results, progress, signals,
                  max_retries=0, early_stopping=None):
@@ -3810,7 +3810,7 @@ class Search(object):
         if self.backend.running():
             say("hpsearch: %s: stopping %d running run(s); press Ctrl-C again to kill them "
                 "at once" % (self.signals.name, self.backend.running()))
-        self.backend.stop(grace=5.0, hurry=lambda: self.signals.count > 1)
+        self.backend.stop(grace=self.STOP_GRACE, hurry=lambda: self.signals.count > 1)
         self._record_the_rest()
 
     def _record_the_rest(self, on_error=None):

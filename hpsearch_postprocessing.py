@@ -435,7 +435,6 @@ def survey_run(run, config, search_path, entries, local=False, owner=None, journ
     if logged in ENDED_STATES:
         run.exit_code = last.get("exit_code")
     recorded = one_line(format_cell(last.get("reason"))) if logged in ENDED_STATES else ""
-    run.attempt = last.get("attempt") or 1
     run.started, run.ended = run_times(entries)
     search = hpsearch.SearchFolder(search_path)
     folder, run.in_trash = search.find_run_dir(run)

@@ -4,6 +4,7 @@ per-user limit that holds submissions instead of failing runs, a submission that
 recorded (never lost), and runs sharing jobs (--runs_per_job). tests/integration/ does the same
 against the real Slurm; these pin it where no Slurm runs."""
 
+import argparse
 import os
 import re
 import sys
@@ -148,6 +149,20 @@ def test_a_submission_that_fails_for_good_is_recorded_not_lost(tmp_path, fake_sl
     assert "Invalid account" in ended.reason and backend.running() == 0
 
 
+def test_a_failing_submission_is_tried_again_with_back_off_and_no_wait_after_the_last(
+        tmp_path, fake_slurm, monkeypatch, capsys):
+    waits = []
+    monkeypatch.setattr(hpsearch.ClusterBackend, "SUBMIT_TRIES", 3)
+    monkeypatch.setattr(hpsearch.time, "sleep", waits.append)
+    folder, backend, runs = backend_and_runs(tmp_path, 1)
+    (fake_slurm / "refuse").write_text("Invalid account or account/partition combination")
+    start_all(backend, runs)
+    assert len(sbatch_calls(fake_slurm)) == 3 and waits == [1.0, 2.0]
+    assert capsys.readouterr().err.count("trying again in") == 2
+    (ended,) = backend.wait(0)
+    assert ended.reason.startswith("submission failed: sbatch exit 1: ")
+
+
 def test_runs_per_job_shares_one_job_per_k_runs(tmp_path, fake_slurm):
     folder, backend, runs = backend_and_runs(tmp_path, 7, num_jobs=2, runs_per_job=3)
     started = start_all(backend, runs)
@@ -164,6 +179,47 @@ def test_runs_per_job_shares_one_job_per_k_runs(tmp_path, fake_slurm):
         assert f.read().split() == [w for r in started[:3] for w in (r.name, "1")]
     with open(folder.job_file(started[0], ".sh")) as f:
         assert hpsearch.shlex.quote(folder.stop_path(started[0])) in f.read()
+
+
+@pytest.mark.parametrize("runs_per_job", [1, 2])
+def test_early_stopping_cancels_a_job_of_its_own_and_leaves_a_stop_file_in_a_shared_one(
+        tmp_path, fake_slurm, monkeypatch, runs_per_job):
+    folder, backend, runs = backend_and_runs(tmp_path, 2, runs_per_job=runs_per_job)
+    started = start_all(backend, runs)
+    asked = []
+    monkeypatch.setattr(hpsearch, "run_scheduler", lambda argv, **kw: asked.append(argv) or (
+        0, "", ""))
+    backend.end_run(started[0], "early stopping at step 3")
+    stop_file = folder.stop_path(started[0])
+    if runs_per_job == 1:   # its own job: cancelled, nothing else touched
+        assert asked == [["scancel", started[0].job_id]] and not os.path.exists(stop_file)
+    else:                   # the job goes on with its next run
+        assert asked == [] and open(stop_file).read() == "early stopping at step 3\n"
+    assert started[0].killed and started[0].reason == "early stopping at step 3"
+
+
+def test_only_the_run_that_gets_its_jobs_log_waits_for_a_late_one(tmp_path, fake_slurm,
+                                                                  monkeypatch):
+    """LSF writes a job's report after the job ends, into the log of the job's last run:
+    only that run waits for it; the others of a shared job never get one."""
+    folder, backend, runs = backend_and_runs(tmp_path, 2, runs_per_job=2)
+    monkeypatch.setattr(backend.scheduler, "late_log", True)
+    started = start_all(backend, runs)
+    assert started[0].task_log is None and started[1].task_log
+    for run in started:
+        with open(folder.job_file(run, ".exit"), "w") as f:
+            f.write("0\n")
+    assert sorted(r.name for r in backend.wait(0)) == [r.name for r in started]
+    assert list(backend.late_logs) == [started[1].name]
+
+
+@pytest.mark.parametrize("queries,said", [(1, "1 queue query"), (2, "2 queue queries")])
+def test_the_scheduler_calls_are_said_at_the_end(tmp_path, fake_slurm, capsys, queries, said):
+    folder, backend, runs = backend_and_runs(tmp_path, 1)
+    start_all(backend, runs)
+    backend.queries = queries
+    backend.finish_up()
+    assert "hpsearch: slurm: 1 sbatch call(s) for 1 job(s), %s\n" % said in capsys.readouterr().out
 
 
 def test_several_arrays_keep_to_num_jobs_together(tmp_path, fake_slurm, monkeypatch):
@@ -203,3 +259,20 @@ def test_after_a_limit_refusal_no_more_are_tried_than_the_scheduler_took(tmp_pat
     backend.wait(0)
     assert len(sbatch_calls(fake_slurm)) == calls + 3
     assert len(backend.active) == 4
+
+
+@pytest.mark.parametrize("scheduler,answer,limit", [
+    (hpsearch.Slurm, "MaxArraySize            = 5001\nMaxJobCount = 9\n", 5001),
+    (hpsearch.Lsf, "MAX_JOB_ARRAY_SIZE = 2000\n", 2000),
+    (hpsearch.Sge, "max_aj_instances             2000\nmax_aj_tasks                 3000\n", 3000),
+    (hpsearch.Sge, "max_aj_tasks                 0\n", hpsearch.Sge.max_array),   # no limit
+], ids=["slurm", "lsf", "sge", "sge-unlimited"])
+def test_each_scheduler_reads_its_own_array_limit(monkeypatch, scheduler, answer, limit):
+    asked = []
+
+    def run_scheduler(argv, **kw):
+        asked.append(argv)
+        return 0, answer, ""
+    monkeypatch.setattr(hpsearch, "run_scheduler", run_scheduler)
+    assert scheduler(argparse.Namespace(scheduler_args="")).array_limit() == limit
+    assert asked == [list(scheduler.limit_argv)]

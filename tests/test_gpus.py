@@ -77,8 +77,9 @@ def test_query_compute_pids(smi_env):
     u0, u1 = smi_env.uuid(0), smi_env.uuid(1)
     smi_env.set_state([smi_env.gpu(0), smi_env.gpu(1)], apps=[
         {"gpu_uuid": u0, "pid": 111, "used_memory": 500},
-        {"gpu_uuid": u0, "pid": 112, "used_memory": 20},
+        {"gpu_uuid": u0, "pid": 112, "used_memory": 1},
         {"gpu_uuid": u1, "pid": 113, "used_memory": "[N/A]"},
+        {"gpu_uuid": u1, "pid": 114, "used_memory": 0},   # holds no memory: not counted
     ])
     apps = hpsearch.query_compute_pids()
     assert set(apps[u0]) == {111, 112}
@@ -294,8 +295,36 @@ def test_slots_recheck_in_bounded_by_hold_and_poll(clock):
     s.started(tok, 4242)
     wait = s.recheck_in()
     assert 0 < wait <= 2.0
-    clock.advance(1.99)
+    assert wait == pytest.approx(2.0)   # the next nvidia-smi look is due in --poll seconds
+    clock.advance(1.5)
+    assert s.recheck_in() == pytest.approx(0.5)
+    clock.advance(0.49)
     assert 0 < s.recheck_in() <= 2.0
+    held = slots(Smi([G(0)]), per_gpu=2, startup=1.0, poll=2.0)
+    held.started(held.acquire(), 4243)
+    assert held.recheck_in() == pytest.approx(1.0)   # the hold ends first
+
+
+def test_slots_smi_failing_is_warned_once_and_its_return_once(clock, monkeypatch):
+    """nvidia-smi failing mid-search: one warning for the whole outage (not one per look),
+    one line when it answers again; the GPUs' last known numbers are used meanwhile."""
+    said = []
+    monkeypatch.setattr(hpsearch, "warn", said.append)
+    smi = Smi([G(0)])
+    s = slots(smi, per_gpu=9, poll=1.0)
+
+    def failing():
+        raise hpsearch.GpuError("nvidia-smi failed (exit 9): boom")
+    s.query = failing
+    for _ in range(3):
+        clock.advance(1.0)
+        assert s.acquire() is not None
+    assert said == ["nvidia-smi failed (exit 9): boom; asking again every 1s"]
+    s.query = smi.query
+    for _ in range(2):
+        clock.advance(1.0)
+        s.acquire()
+    assert said[1:] == ["nvidia-smi answers again"]
 
 
 # ----------------------------------------------------------------------------------------------

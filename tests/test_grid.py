@@ -177,11 +177,13 @@ def test_quoted_and_plain_strings_match_triggers_separately():
 def test_trigger_on_absent_key_warns_and_is_skipped():
     warnings = []
     grid = {"a": [1, 2]}
-    conditions = [({"nokey": [1]}, {"a": [9]}), ({"a": [2]}, {"b": ["x"]})]
+    conditions = [({"nokey": [1]}, {"a": [9]}), ({"a": [2]}, {"b": ["x"]}),
+                  ({"a": [1], "no1": [1], "no2": [2]}, {"a": [8]})]
     configs = hpsearch.expand_configs(grid, conditions, warn=warnings.append)
     assert configs == [{"a": 1}, {"a": 2, "b": "x"}]
-    assert len(warnings) == 1
-    assert "nokey" in warnings[0]
+    assert warnings == [
+        "condition 0 is skipped: its trigger names 'nokey', which is not in the grid",
+        "condition 2 is skipped: its trigger names 'no1', 'no2', which are not in the grid"]
 
 
 def test_action_adds_a_key():

@@ -135,6 +135,22 @@ def _wakeup_fd():
     return fd
 
 
+def test_a_group_left_with_only_a_zombie_is_not_alive():
+    """alive_groups: a run's group whose last process is a zombie (not yet reaped) has ended;
+    one with a live process has not."""
+    zombie = subprocess.Popen(["true"], start_new_session=True)
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert gh.wait_for(lambda: (hpsearch._proc_stat(zombie.pid) or "?")[0] == "Z", 10)
+        state, group = hpsearch._proc_stat(live.pid)
+        assert state in "RSD" and group == live.pid
+        assert hpsearch.alive_groups([zombie.pid, live.pid]) == {live.pid}
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
+
+
 def test_child_exit_alarm_wakes_when_a_child_ends_and_restores_signal_state():
     handler_before, fd_before = signal.getsignal(signal.SIGCHLD), _wakeup_fd()
     alarm = hpsearch.ChildExitAlarm()
@@ -153,6 +169,9 @@ def test_child_exit_alarm_wakes_when_a_child_ends_and_restores_signal_state():
         alarm.close()
     assert signal.getsignal(signal.SIGCHLD) == handler_before
     assert _wakeup_fd() == fd_before
+    for fd in (alarm.read_fd, alarm.write_fd):   # its pipe is closed: no descriptor leaks
+        with pytest.raises(OSError):
+            os.fstat(fd)
 
 
 def test_results_row_appended_as_each_run_ends(env):

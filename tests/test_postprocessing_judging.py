@@ -21,6 +21,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 import hpsearch
 from conftest import DEFAULT_SCRIPT, HPSEARCH, REPO, make_project, tree, write_file
 from test_postprocessing import (assert_one_error_line, csv_by_run, rerun_commands,
@@ -190,15 +192,22 @@ def test_a_handle_that_reads_a_key_no_summary_has_moves_nothing(tmp_path):
     assert tree(path) == before
 
 
-def test_key_checks_count_as_reads(tmp_path):
-    # 'in' and .get with a default on a key only some summaries have: those runs stay.
+@pytest.mark.parametrize("value", [
+    "summary.get('val', 0) if 'val' in summary else None",
+    "summary.setdefault('val', None)", "summary.pop('val', None)",
+    "summary['val'] if summary.has_key('val') else None"],
+    ids=["in-get", "setdefault", "pop", "has_key"])
+def test_key_checks_count_as_reads(tmp_path, value):
+    # 'in', .get, .setdefault, .pop with a default, has_key on a key only some summaries
+    # have: those runs stay.
     handle = '''
 def _keep(summary, criteria):
-    if 'val' not in summary:
+    value = %s
+    if value is None:
         return False
-    return summary.get('val', 0) >= criteria
+    return value >= criteria
 _PERFORMANCE_EVAL_HANDLE = _keep
-'''
+''' % value
     runs = [{"args": {"lr": 1}, "summary": "acc 0.1\nval 0.1\nfinished 1\n"},   # moved
             {"args": {"lr": 2}, "summary": "acc 0.1\nfinished 1\n"},            # not judged
             {"args": {"lr": 3}, "summary": "acc 0.1\nval 0.9\nfinished 1\n"}]   # kept
@@ -207,6 +216,15 @@ _PERFORMANCE_EVAL_HANDLE = _keep
     assert rc == 0, (out, err)
     assert moved_and_kept(path, range(1, 4)) == ([run_name(1)], [run_name(2), run_name(3)])
     assert "  %s: its summary has no 'val'" % run_name(2) in out.splitlines()
+
+
+def test_a_key_no_summary_can_hold_is_a_key_it_lacks():
+    """A handle asking for an unhashable key (a list, as hypnettorch-era summaries hold
+    values in lists) gets what it gets for any missing key, and the run is not judged."""
+    import hpsearch_postprocessing as post
+    summary = post.WatchedSummary({"acc": 0.5})
+    assert ["acc"] not in summary and summary.get(["acc"], 7) == 7
+    assert summary.lacked == [["acc"], ["acc"]]
 
 
 def test_a_handle_that_raises_for_some_runs_keeps_them(tmp_path):

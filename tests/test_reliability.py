@@ -508,6 +508,10 @@ def test_resume_records_a_run_that_finished_after_the_launcher_died(tmp_path):
         assert wait_for(lambda: not any(alive(p) for p in recorded_pids(project)), 10)
         rc, out, err = resume(project, search)
         assert rc == 0, out + err
+    with open(os.path.join(search, "hpsearch.log")) as f:   # the resume's output goes on there
+        log = f.read()
+    said = [line for line in (out + err).splitlines() if line.startswith("hpsearch:")]
+    assert said and all(line in log for line in said), (said, log)
     assert sorted(p[0] for p in ledger(project, "done.txt")) == ["ok.2", "wait.1"]
     rows = read_results(search)[1]
     assert sorted((r["job"], r["hpsearch_state"]) for r in rows) == [
@@ -837,6 +841,9 @@ def test_resume_keeps_a_finished_run_that_postprocessing_moved_away(tmp_path):
     rows = read_results(search)[1]
     assert sorted(r["job"] for r in rows) == ["ok.1", "ok.2"]
     assert all(r["hpsearch_state"] == "finished" for r in rows)
+    # its row names the folder where it is now
+    where = os.path.join("TO_BE_DELETED", os.path.basename(moved))
+    assert sorted(r["out_dir"] for r in rows)[0] == where, rows
 
 
 @pytest.mark.parametrize("content", ["empty", "garbage_record", "record_without_runs"])

@@ -624,6 +624,8 @@ LISTS_CASES = [
     # 11^4 = 14,641 points, over 10,000: exact for n >= 14,641 / 4, drawn below.
     ("threshold-exact", THRESHOLD_GRID, [], 3661, 2),
     ("threshold-drawn", THRESHOLD_GRID, [], 3660, 2),
+    # 10^4 points: exactly 10,000, still exact (the cut-off is "at most", not "under").
+    ("threshold-equal", dict(("e%d" % i, list(range(10))) for i in range(4)), [], 5, 3),
 ]
 
 

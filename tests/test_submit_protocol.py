@@ -163,6 +163,36 @@ def test_resume_reattaches_a_submission_it_finds_by_name(cluster):
         assert "--name=%s" % name in f.read()
 
 
+def test_resume_follows_the_attempt_the_journal_names(cluster):
+    run, folder = cluster.run, cluster.folder
+    run.attempt = 2                      # the launcher died submitting the second attempt
+    _, entries = entries_after_a_crash_in_the_submit_window(cluster)
+    run.attempt = 1                      # as the resume's plan has it before the journal
+    assert reattach(cluster, entries) == {}
+    assert run.attempt == 2 and folder.called_off(run, 2) and not folder.called_off(run, 1)
+
+
+def test_resume_tells_a_reattached_run_where_its_job_logs(cluster):
+    """The scheduler's log of a job still going reaches its run's folder after a resume as it
+    would have without one: the resumed launcher looks in the same place."""
+    run = cluster.run
+    cluster.backend().start(run, {})
+    submitted_with, run.task_log = run.task_log, None
+    assert submitted_with
+    assert reattach(cluster, cluster.folder.read_journal()) == {run.name: "100"}
+    assert run.task_log == submitted_with
+
+
+def test_a_job_attached_on_resume_is_followed_and_journaled(cluster):
+    backend = cluster.backend()
+    backend.attach(cluster.run, "4242")
+    assert backend.running() == 1 and cluster.run.state == "running"
+    assert [r.name for r in backend.going()] == [cluster.run.name]
+    last = journal(cluster.folder)[-1]
+    assert (last["state"], last["job_id"], last["folder"]) == (
+        "running", "4242", cluster.folder.identity())
+
+
 def test_resume_calls_off_a_submission_the_scheduler_does_not_know(cluster):
     _, entries = entries_after_a_crash_in_the_submit_window(cluster)
     assert reattach(cluster, entries) == {}
@@ -170,6 +200,16 @@ def test_resume_calls_off_a_submission_the_scheduler_does_not_know(cluster):
     # should the lost submission still go through, its job exits without running
     cluster.backend().start(cluster.run, {})  # writes attempt 1's job script
     assert run_job_script(cluster)[0] == 0 and times_ran(cluster) == 0
+
+
+def test_resume_keeps_the_claim_of_an_attempt_it_called_off(cluster, monkeypatch):
+    """The called-off attempt runs again as the next one; its claim stays, so that its lost
+    submission, should it still appear, never starts."""
+    _, entries = entries_after_a_crash_in_the_submit_window(cluster)
+    assert reattach(cluster, entries) == {}
+    monkeypatch.setattr(hpsearch, "earlier_outcome", lambda *a: (False, None, None, None, False))
+    assert hpsearch.restore_states(None, cluster.folder, [cluster.run], entries, {}) == []
+    assert cluster.run.attempt == 2 and cluster.folder.called_off(cluster.run, 1)
 
 
 def test_a_later_resume_does_not_attach_to_an_attempt_called_off_before(cluster):
