@@ -18,8 +18,6 @@ import difflib
 import errno
 import fcntl
 import hashlib
-import pwd
-import re
 import importlib
 import importlib.util
 import io
@@ -29,7 +27,9 @@ import math
 import operator
 import os
 import pickle
+import pwd
 import random
+import re
 import select
 import shlex
 import shutil
@@ -2885,7 +2885,7 @@ class ClusterBackend(Backend):
     ``--num_jobs`` jobs are queued or running (or the scheduler's array throttle does it with
     ``--array``); the queue is asked in one call per cycle. A submission refused for a
     per-user limit is held, not failed, until one of our jobs ends or a back-off expires; a
-    job array refused is split in two and submitted again."""
+    job array refused makes later arrays at most half its size."""
 
     SUBMIT_TRIES = 4
     HOLD_BACKOFF = (15.0, 300.0)   # first and longest wait after a limit refusal, seconds
@@ -2931,8 +2931,8 @@ class ClusterBackend(Backend):
         return len(self.active) + waiting + len(self.ended)
 
     def _jobs_in_use(self):
-        return (len({run.job_id for run in self.active.values()}) + len(self.units)
-                + (1 if self.filling else 0))
+        """Jobs going, and those gathered or held that will be."""
+        return self._jobs_going() + len(self.units) + (1 if self.filling else 0)
 
     def slot(self):
         if self.hold_until is not None:
@@ -3023,7 +3023,7 @@ class ClusterBackend(Backend):
 
     def _submit_array(self, units):
         """One job array, task k running ``units[k]``; if the scheduler refuses it (an
-        array larger than it allows), it is split in two and each half submitted."""
+        array larger than it allows), its units wait for arrays of at most half its size."""
         name = self.job_name(units[0][0])
         script = self._unit_table_and_script(name, [r for unit in units for r in unit],
                                              array=True)
@@ -3086,7 +3086,8 @@ class ClusterBackend(Backend):
 
     def _hold(self, units, problem):
         """The scheduler takes no more jobs from us for now: keep these for later and stop
-        submitting until one of our jobs ends or the back-off expires (said once per hold)."""
+        submitting until one of our jobs ends or the back-off expires (said once; the log
+        has every hold)."""
         self.units[:0] = units
         if self.hold_until is None:
             message = ("the scheduler takes no more jobs for now (%s); holding %d run(s) until "
