@@ -17,6 +17,7 @@ Knobs (as grid keys): ``--acc=X`` ``--loss=X`` ``--finished=X`` ``--exit=N`` ``-
 ``--no_summary`` ``--no_dir`` (fail before making the folder) ``--read_stdin`` (calls input()).
 """
 
+import contextlib
 import csv
 import inspect
 import json
@@ -320,3 +321,14 @@ def make_project_fixture():
 def project(tmp_path):
     """The default project: 4 configurations (acc x seed), all finishing."""
     return make_project(tmp_path)
+
+
+@contextlib.contextmanager
+def killed_if_left(proc):
+    """Kill and reap ``proc`` if it is still going when the block ends (a failed wait)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

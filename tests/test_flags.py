@@ -6,7 +6,6 @@ Local and GPU flags, the signals' grace periods, refused values, resume's pid gu
 postprocessing rules; the cluster flags are in test_flags_cluster.py.
 """
 
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import pytest
 
 import gpu_helpers as gh
 import hpsearch
-from conftest import (HPSEARCH, REPO, SCRIPT_TOOLS, SearchDir, ledger,
+from conftest import (HPSEARCH, REPO, SCRIPT_TOOLS, SearchDir, killed_if_left, ledger,
                       ledger_path, make_project, read_csv, run_hpsearch, wait_for)
 from test_gpus import G, Smi, slots
 
@@ -225,17 +224,6 @@ def interrupt_launcher(argv, cwd, ready, env=None, again=None, launcher=(HPSEARC
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     return proc.returncode, out, err
-
-
-@contextlib.contextmanager
-def killed_if_left(proc):
-    """Kill and reap ``proc`` if it is still going when the block ends (a failed wait)."""
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def start_and_interrupt(project, times, grace=None):

@@ -15,7 +15,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import make_project  # noqa: E402
+from conftest import killed_if_left, make_project  # noqa: E402
 import lsf_helpers as lh  # noqa: E402
 
 CLUSTER = ("--run_cluster", "--scheduler=lsf", "--poll_interval=0.5")
@@ -189,7 +189,7 @@ def test_garbled_bjobs_answer_never_ends_a_job(tmp_path, lsf):
     proc = lh.start_hpsearch(["--grid_module=%s" % project.config, "--run_cluster",
                               "--scheduler=lsf", "--poll_interval=0.5",
                               "--scheduler_args=-W 1"], project.path, env)
-    try:
+    with killed_if_left(proc):
         lsf.wait_for(lambda: [e for e in lsf.elements().values() if e["stat"] == "EXIT"],
                      what="the run limit to kill the long job")
         polls_before = len(lsf.calls("bjobs"))
@@ -202,10 +202,6 @@ def test_garbled_bjobs_answer_never_ends_a_job(tmp_path, lsf):
         assert states == {by_sleep[0.2]: "finished", by_sleep[30]: "running"}
         os.unlink(garble)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 1, (out, err)   # ran to its end; one run was killed
     assert "cannot read bjobs" in err
     killed = [e for e in s.journal() if e["state"] == "killed"]
@@ -275,7 +271,7 @@ def test_ctrl_c_cancels_all_jobs_with_one_bkill(tmp_path, lsf):
     env = lsf.full_env({"LSF_EMULATOR_TERMINATE_INTERVAL": "0.5"})
     proc = lh.start_hpsearch(["--grid_module=%s" % project.config] + list(CLUSTER),
                              project.path, env)
-    try:
+    with killed_if_left(proc):
         lsf.wait_for(lambda: len(lsf.elements()) == 3 and all(
             e["stat"] == "RUN" for e in lsf.elements().values()), what="3 running jobs")
         s = lsf.wait_for(lambda: project.searches() and project.search(), what="search")
@@ -283,10 +279,6 @@ def test_ctrl_c_cancels_all_jobs_with_one_bkill(tmp_path, lsf):
                      what="the training scripts to start")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, (out, err)
     bkills = lsf.calls("bkill")
     assert len(bkills) == 1, bkills

@@ -22,7 +22,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import SCRIPT_TOOLS, HPSEARCH, make_project, run_hpsearch, write_file  # noqa: E402
+from conftest import (SCRIPT_TOOLS, HPSEARCH, killed_if_left, make_project,  # noqa: E402
+                      run_hpsearch, write_file)
 import lsf_helpers as lh  # noqa: E402
 
 CLUSTER = ("--run_cluster", "--scheduler=lsf", "--poll_interval=0.3", "--deterministic_search")
@@ -191,14 +192,10 @@ def test_ctrl_c_kills_shared_jobs_then_resume_runs_the_rest_once(tmp_path, lsf):
     project = project_for(tmp_path, {"acc": ACCS[:6], "sleep": [30]})
     proc = lh.start_hpsearch(["--grid_module=%s" % project.config, "--runs_per_job=3"]
                              + list(CLUSTER), project.path, lsf.full_env({}))
-    try:
+    with killed_if_left(proc):
         lsf.wait_for(lambda: len(ledger(project, "starts")) == 2, what="2 runs started")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, (out, err)
     bkills = lsf.calls("bkill")
     assert len(bkills) == 1 and sorted(bkills[0]["argv"]) == sorted(
